@@ -1,0 +1,129 @@
+/**
+ * The raw format: the device's bytes are the virtual disk.
+ *
+ * @module
+ */
+
+import type { BlockDevice } from "../core/block_device.ts";
+import { QcowError } from "../core/errors.ts";
+import { assertInside } from "../core/_checks.ts";
+import type { BlockStatus, Image, ImageInfo } from "./image.ts";
+
+/** Options for {@linkcode RawImage}. */
+export interface RawImageOptions {
+  /** Close the device when the image is closed; default false. */
+  ownsDevice?: boolean;
+}
+
+/**
+ * A raw image: virtual offset N is byte N of the device.
+ *
+ * @example
+ * ```ts
+ * import { MemoryDevice, RawImage } from "@qcowlab/qcowlab";
+ *
+ * await using image = new RawImage(MemoryDevice.from(new Uint8Array([5, 6, 7])));
+ * const out = new Uint8Array(2);
+ * await image.read(out, 1);
+ * console.log(out); // Uint8Array(2) [ 6, 7 ]
+ * ```
+ */
+export class RawImage implements Image {
+  #device: BlockDevice;
+  #ownsDevice: boolean;
+  #closed = false;
+
+  /**
+   * Wraps a device as a raw image.
+   *
+   * @param device The device.
+   * @param options Device ownership.
+   */
+  constructor(device: BlockDevice, options: RawImageOptions = {}) {
+    this.#device = device;
+    this.#ownsDevice = options.ownsDevice ?? false;
+  }
+
+  /** Always "raw". */
+  get format(): "raw" {
+    return "raw";
+  }
+
+  /** The device's size. */
+  get size(): number {
+    return this.#device.size;
+  }
+
+  /** The device. */
+  get device(): BlockDevice {
+    return this.#device;
+  }
+
+  /** The device's name. */
+  get filename(): string {
+    return this.#device.name;
+  }
+
+  /** Raw images have no backing file. */
+  get backing(): undefined {
+    return undefined;
+  }
+
+  /** Raw images have no backing file. */
+  get backingName(): undefined {
+    return undefined;
+  }
+
+  /** Raw images have no backing file. */
+  get backingFormat(): undefined {
+    return undefined;
+  }
+
+  /** Refuses a backing image: raw has none. */
+  setBacking(backing: Image | undefined): void {
+    if (backing) throw new QcowError("INVALID_ARGUMENT", "A raw image cannot have a backing file");
+  }
+
+  /** Reads device bytes. */
+  read(buffer: Uint8Array, offset: number): Promise<void> {
+    if (this.#closed) {
+      return Promise.reject(new QcowError("CLOSED", `Image ${this.filename} is closed`));
+    }
+    return this.#device.read(buffer, offset);
+  }
+
+  /** Everything is data at the same offset. */
+  blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    try {
+      assertInside(offset, Math.max(length, 1), this.size, this.filename);
+      return Promise.resolve({ length, kind: "data", hostOffset: offset });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** What `qemu-img info` reports for raw files. */
+  info(): ImageInfo {
+    const info: ImageInfo = {
+      "virtual-size": this.size,
+      filename: this.filename,
+      format: "raw",
+      "dirty-flag": false,
+    };
+    const actual = (this.#device as { allocatedBytes?: number }).allocatedBytes;
+    if (typeof actual === "number") info["actual-size"] = actual;
+    return info;
+  }
+
+  /** Closes the device if owned. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#ownsDevice) await this.#device.close();
+  }
+
+  /** Same as {@linkcode RawImage.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
