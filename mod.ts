@@ -36,3 +36,5 @@ export type {
   Qcow2Extension,
   Qcow2Header,
 } from "./drivers/qcow2/header.ts";
+export * from "./core/format_size.ts";
+export * from "./core/progress.ts";
