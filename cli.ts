@@ -148,12 +148,16 @@ function humanInfo(info: ImageInfo): string {
     `file format: ${info.format}`,
     `virtual size: ${formatSize(info["virtual-size"])} (${info["virtual-size"]} bytes)`,
   ];
-  if (info["actual-size"] !== undefined) lines.push(`disk size: ${formatSize(info["actual-size"])}`);
+  if (info["actual-size"] !== undefined) {
+    lines.push(`disk size: ${formatSize(info["actual-size"])}`);
+  }
   if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
   const backing = info["backing-filename"];
   if (backing !== undefined) {
     const full = info["full-backing-filename"];
-    lines.push(`backing file: ${backing}${full && full !== backing ? ` (actual path: ${full})` : ""}`);
+    lines.push(
+      `backing file: ${backing}${full && full !== backing ? ` (actual path: ${full})` : ""}`,
+    );
   }
   if (info["backing-filename-format"]) {
     lines.push(`backing file format: ${info["backing-filename-format"]}`);
@@ -210,6 +214,13 @@ const map: Command = async (args, io) => {
     const hex = (n: number): string => (n === 0 ? "0" : `0x${n.toString(16)}`).padEnd(16);
     let text = `${"Offset".padEnd(16)}${"Length".padEnd(16)}${"Mapped to".padEnd(16)}File\n`;
     for (const e of entries) {
+      if (e.data && e.offset === undefined) {
+        // As qemu-img: the table has no way to show where compressed data lies.
+        throw new QcowError(
+          "UNSUPPORTED_FEATURE",
+          "File contains external, encrypted or compressed clusters (use --output json)",
+        );
+      }
       if (e.data && e.offset !== undefined) {
         text += `${hex(e.start)}${hex(e.length)}${hex(e.offset)}${e.filename}\n`;
       }
@@ -311,7 +322,8 @@ const compare: Command = async (args, io) => {
     let at = await firstDifference(a, b, common);
     if (at < 0 && a.size !== b.size) at = await firstNonZero(a.size > b.size ? a : b, common);
     if (at >= 0) {
-      io.stdout(`Content mismatch at offset ${at}!\n`);
+      // qemu-img compare works in 512-byte sectors and names the sector's first byte.
+      io.stdout(`Content mismatch at offset ${at - (at % 512)}!\n`);
       return 1;
     }
     io.stdout("Images are identical.\n");
