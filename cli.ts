@@ -25,7 +25,7 @@ import { isZero } from "./core/bytes.ts";
 import { Progress } from "./core/progress.ts";
 import type { Image, ImageFormat, ImageInfo } from "./drivers/image.ts";
 import { mapImage } from "./drivers/map_image.ts";
-import { openImage, resolveBackingPath } from "./drivers/open_image.ts";
+import { openImage } from "./drivers/open_image.ts";
 
 /** Where a command writes; defaults to the process's stdout and stderr. */
 export interface CliIo {
@@ -133,15 +133,6 @@ async function open(path: string, format: ImageFormat | undefined): Promise<Imag
   return await openImage(path, format === undefined ? {} : { format });
 }
 
-function withBacking(image: Image, info: ImageInfo): ImageInfo {
-  if (image.backingName !== undefined && image.backingName !== "") {
-    info["backing-filename"] = image.backingName;
-    info["full-backing-filename"] = resolveBackingPath(image.filename, image.backingName);
-    if (image.backingFormat !== undefined) info["backing-filename-format"] = image.backingFormat;
-  }
-  return info;
-}
-
 function humanInfo(info: ImageInfo): string {
   const lines = [
     `image: ${info.filename}`,
@@ -184,7 +175,7 @@ const info: Command = async (args, io) => {
   await using image = await open(onePath(positionals, "image"), formatOption(values.format));
   const chain: ImageInfo[] = [];
   for (let layer: Image | undefined = image; layer; layer = layer.backing) {
-    chain.push(withBacking(layer, layer.info()));
+    chain.push(layer.info());
     if (!values["backing-chain"]) break;
   }
   if (output === "json") {

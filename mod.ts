@@ -27,6 +27,7 @@ export * from "./drivers/image.ts";
 export * from "./drivers/raw.ts";
 export * from "./drivers/probe.ts";
 export * from "./drivers/open_image.ts";
+export * from "./drivers/backing_path.ts";
 export * from "./drivers/map_image.ts";
 export * from "./drivers/image_stream.ts";
 export { Qcow2Image, type Qcow2OpenOptions } from "./drivers/qcow2/qcow2_image.ts";

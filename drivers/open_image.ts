@@ -12,6 +12,7 @@ import type { Image, ImageFormat } from "./image.ts";
 import { probeFormat } from "./probe.ts";
 import { Qcow2Image } from "./qcow2/qcow2_image.ts";
 import { RawImage } from "./raw.ts";
+import { resolveBackingPath } from "./backing_path.ts";
 
 /** Resolves a backing file name to a device or a path; see {@linkcode OpenImageOptions}. */
 export type BackingResolver = (
@@ -43,28 +44,6 @@ const optionsSchema = z.object({
   maxChainDepth: z.number().int().min(1).max(4096).optional(),
   resolveBacking: z.custom<BackingResolver>((v) => typeof v === "function").optional(),
 }).strict();
-
-/**
- * Combines a backing file name with the name of the image that refers to it, the way QEMU does: an
- * absolute name stays as it is, a relative one is taken from the overlay's directory.
- *
- * @example
- * ```ts
- * import { resolveBackingPath } from "@qcowlab/qcowlab";
- *
- * console.log(resolveBackingPath("/images/top.qcow2", "base.raw")); // "/images/base.raw"
- * console.log(resolveBackingPath("top.qcow2", "base.raw")); // "base.raw"
- * ```
- *
- * @param overlay The path of the image holding the name.
- * @param name The stored backing file name.
- * @returns The path to open.
- */
-export function resolveBackingPath(overlay: string, name: string): string {
-  if (name.startsWith("/")) return name;
-  const slash = overlay.lastIndexOf("/");
-  return slash < 0 ? name : overlay.slice(0, slash + 1) + name;
-}
 
 /**
  * Opens a disk image from a path or a {@linkcode BlockDevice}, probing its format, and opens its

@@ -4,13 +4,13 @@
  * @module
  */
 
-import { inflateSync } from "fflate";
 import type { BlockDevice } from "../../core/block_device.ts";
 import { readU32 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
 import { LruCache } from "../../core/lru_cache.ts";
 import { assertInside } from "../../core/_checks.ts";
 import type { BlockStatus, Image, ImageInfo } from "../image.ts";
+import { resolveBackingPath } from "../backing_path.ts";
 import {
   COMPAT_LAZY_REFCOUNTS,
   describeFeatures,
@@ -26,6 +26,7 @@ import {
   type Qcow2Header,
   validateTables,
 } from "./header.ts";
+import { inflateCluster } from "./compressed.ts";
 import {
   compressedLocation,
   entryOffset,
@@ -107,6 +108,7 @@ export class Qcow2Image implements Image {
   #l2Span: number;
   #subclusterSize: number;
   #compressedKey = -1;
+  #compressedLength = 0;
   #compressedData: Uint8Array;
 
   private constructor(
@@ -300,6 +302,11 @@ export class Qcow2Image implements Image {
     };
     const actual = (this.#device as { allocatedBytes?: number }).allocatedBytes;
     if (typeof actual === "number") info["actual-size"] = actual;
+    if (h.backingFile) {
+      info["backing-filename"] = h.backingFile;
+      info["full-backing-filename"] = resolveBackingPath(this.filename, h.backingFile);
+      if (h.backingFormat !== undefined) info["backing-filename-format"] = h.backingFormat;
+    }
     return info;
   }
 
@@ -536,7 +543,9 @@ export class Qcow2Image implements Image {
   }
 
   async #decompress(offset: number, length: number): Promise<Uint8Array> {
-    if (offset === this.#compressedKey) return this.#compressedData;
+    if (offset === this.#compressedKey && length === this.#compressedLength) {
+      return this.#compressedData;
+    }
     const available = this.#device.size - offset;
     if (available <= 0) {
       throw new QcowError(
@@ -546,25 +555,9 @@ export class Qcow2Image implements Image {
     }
     const input = new Uint8Array(Math.min(length, available));
     await this.#device.read(input, offset);
-    let out: Uint8Array;
-    try {
-      out = inflateSync(input, { out: new Uint8Array(this.#clusterSize) });
-    } catch (error) {
-      throw new QcowError(
-        "BAD_COMPRESSED_DATA",
-        `Compressed cluster at ${hex(offset)} is not valid deflate data: ${
-          (error as Error).message
-        }`,
-        { cause: error },
-      );
-    }
-    if (out.length !== this.#clusterSize) {
-      throw new QcowError(
-        "BAD_COMPRESSED_DATA",
-        `Compressed cluster at ${hex(offset)} inflates to ${out.length} bytes, not a whole cluster`,
-      );
-    }
+    const out = inflateCluster(input, this.#clusterSize, hex(offset));
     this.#compressedKey = offset;
+    this.#compressedLength = length;
     this.#compressedData = out;
     return out;
   }
