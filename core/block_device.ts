@@ -27,7 +27,7 @@ export interface BlockDevice extends AsyncDisposable {
   readonly name: string;
   /** Fills `buffer` with the bytes at `offset`; the whole range must lie below `size`. */
   read(buffer: Uint8Array, offset: number): Promise<void>;
-  /** Writes `data` at `offset`, growing the device when the write ends past `size`. */
+  /** Writes `data` at `offset`, growing the device when a non-empty write ends past `size`. */
   write(data: Uint8Array, offset: number): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;

@@ -16,7 +16,10 @@ export function readU32(bytes: Uint8Array, offset: number): number {
     bytes[offset + 3]!) >>> 0;
 }
 
-/** Reads an unsigned 64-bit big-endian integer; inexact (but never smaller) above 2^53. */
+/**
+ * Reads an unsigned 64-bit big-endian integer. Above 2^53 - 1 the result is rounded (possibly
+ * down) but never below 2^53, so `Number.isSafeInteger` tells exact results from inexact ones.
+ */
 export function readU64(bytes: Uint8Array, offset: number): number {
   return readU32(bytes, offset) * 2 ** 32 + readU32(bytes, offset + 4);
 }

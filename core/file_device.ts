@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import type { BlockDevice } from "./block_device.ts";
 import { QcowError } from "./errors.ts";
-import { assertInside, assertOffset } from "./_checks.ts";
+import { assertInside, assertOffset, assertWriteRange } from "./_checks.ts";
 
 /** Options for {@linkcode FileDevice.open}. */
 export interface FileDeviceOptions {
@@ -140,12 +140,13 @@ export class FileDevice implements BlockDevice {
   write(data: Uint8Array, offset: number): Promise<void> {
     try {
       this.#assertWritable();
-      assertOffset(offset, "Offset");
+      assertWriteRange(offset, data.length, this.#path);
       let done = 0;
       while (done < data.length) {
         done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
       }
-      if (offset + data.length > this.#size) this.#size = offset + data.length;
+      // pwrite of nothing does not extend the file, so the size must not move either.
+      if (data.length > 0 && offset + data.length > this.#size) this.#size = offset + data.length;
       return Promise.resolve();
     } catch (error) {
       return Promise.reject(osError(error, "write", this.#path));

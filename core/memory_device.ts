@@ -6,7 +6,7 @@
 
 import type { BlockDevice } from "./block_device.ts";
 import { QcowError } from "./errors.ts";
-import { assertInside, assertOffset } from "./_checks.ts";
+import { assertInside, assertOffset, assertWriteRange } from "./_checks.ts";
 
 /** Options for {@linkcode MemoryDevice}. */
 export interface MemoryDeviceOptions {
@@ -103,7 +103,8 @@ export class MemoryDevice implements BlockDevice {
 
   /** Bytes of memory held by written chunks. */
   get allocatedBytes(): number {
-    return this.#chunks.size << this.#chunkBits;
+    // Not a shift: 32-bit shifts wrap negative at 2 GiB.
+    return this.#chunks.size * 2 ** this.#chunkBits;
   }
 
   /** Copies the whole contents into one new array (for tests and small devices). */
@@ -126,13 +127,14 @@ export class MemoryDevice implements BlockDevice {
     }
   }
 
-  /** Writes `data` at `offset`, growing the device if needed. */
+  /** Writes `data` at `offset`, growing the device when a non-empty write ends past its size. */
   write(data: Uint8Array, offset: number): Promise<void> {
     try {
       this.#assertWritable();
-      assertOffset(offset, "Offset");
+      assertWriteRange(offset, data.length, this.#name);
       this.#put(data, offset);
-      if (offset + data.length > this.#size) this.#size = offset + data.length;
+      // Like pwrite, an empty write leaves the size alone.
+      if (data.length > 0 && offset + data.length > this.#size) this.#size = offset + data.length;
       return Promise.resolve();
     } catch (error) {
       return Promise.reject(error);

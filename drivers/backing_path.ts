@@ -22,7 +22,8 @@
  * @returns The path to open.
  */
 export function resolveBackingPath(overlay: string, name: string): string {
-  if (name.startsWith("/")) return name;
+  // Absolute paths and protocol names ("nbd://host/x", "file:base.raw") are taken as they are.
+  if (name.startsWith("/") || /^[^/]*:/.test(name)) return name;
   const slash = overlay.lastIndexOf("/");
   return slash < 0 ? name : overlay.slice(0, slash + 1) + name;
 }

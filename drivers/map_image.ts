@@ -110,7 +110,10 @@ export async function mapImage(
 ): Promise<MapEntryWithFile[]> {
   const start = options.start ?? 0;
   const end = options.length === undefined ? image.size : start + options.length;
-  if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(end) || end > image.size) {
+  if (
+    !Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(end) || end > image.size ||
+    start > end
+  ) {
     throw new QcowError("OUT_OF_RANGE", `Map range ${start}..${end} is outside the image`);
   }
   const entries: MapEntryWithFile[] = [];

@@ -95,8 +95,10 @@ export class RawImage implements Image {
   /** Everything is data at the same offset. */
   blockStatus(offset: number, length: number): Promise<BlockStatus> {
     try {
+      if (this.#closed) throw new QcowError("CLOSED", `Image ${this.filename} is closed`);
       assertInside(offset, Math.max(length, 1), this.size, this.filename);
-      return Promise.resolve({ length, kind: "data", hostOffset: offset });
+      const n = Math.max(1, Math.min(length, this.size - offset));
+      return Promise.resolve({ length: n, kind: "data", hostOffset: offset });
     } catch (error) {
       return Promise.reject(error);
     }
