@@ -22,6 +22,8 @@
 export class LruCache<K, V> {
   #map = new Map<K, V>();
   #capacity: number;
+  /** The most recently used key, so repeated hits skip the reordering. */
+  #newest: K | undefined;
 
   /**
    * Creates an empty cache.
@@ -45,9 +47,10 @@ export class LruCache<K, V> {
   /** Returns the value for `key` and marks it most recently used. */
   get(key: K): V | undefined {
     const value = this.#map.get(key);
-    if (value !== undefined) {
+    if (value !== undefined && key !== this.#newest) {
       this.#map.delete(key);
       this.#map.set(key, value);
+      this.#newest = key;
     }
     return value;
   }
@@ -65,6 +68,7 @@ export class LruCache<K, V> {
   set(key: K, value: V): [K, V] | undefined {
     this.#map.delete(key);
     this.#map.set(key, value);
+    this.#newest = key;
     if (this.#map.size > this.#capacity) {
       const oldest = this.#map.entries().next().value as [K, V];
       this.#map.delete(oldest[0]);
@@ -75,11 +79,13 @@ export class LruCache<K, V> {
 
   /** Forgets `key`. */
   delete(key: K): boolean {
+    if (key === this.#newest) this.#newest = undefined;
     return this.#map.delete(key);
   }
 
   /** Forgets everything. */
   clear(): void {
+    this.#newest = undefined;
     this.#map.clear();
   }
 }
