@@ -23,6 +23,8 @@ export * from "./core/block_device.ts";
 export * from "./core/memory_device.ts";
 export * from "./core/file_device.ts";
 export * from "./core/lru_cache.ts";
+export * from "./core/table_cache.ts";
+export * from "./core/rw_lock.ts";
 export * from "./drivers/image.ts";
 export * from "./drivers/raw.ts";
 export * from "./drivers/probe.ts";

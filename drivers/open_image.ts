@@ -131,30 +131,26 @@ async function openChain(top: Image, options: OpenImageOptions): Promise<void> {
       throw new QcowError("BACKING_LOOP", `Backing chain is deeper than ${maxDepth} images`);
     }
     const name = overlay.backingName;
-    let source: string | BlockDevice;
-    if (options.resolveBacking) {
-      source = await options.resolveBacking(name, overlay);
-    } else {
-      source = resolveBackingPath(overlay.filename, name);
-    }
-    const key = typeof source === "string" ? realPath(source) : source.name;
-    if (seen.has(key)) {
-      throw new QcowError("BACKING_LOOP", `Backing chain loops: ${key} appears twice`);
-    }
-    seen.add(key);
-    const format = overlay.backingFormat;
-    if (format !== undefined && format !== "raw" && format !== "qcow2") {
-      throw new QcowError("UNSUPPORTED_FEATURE", `Unsupported backing file format '${format}'`);
-    }
     let backing: Image;
+    let where = resolveBackingPath(overlay.filename, name);
     try {
+      const source = options.resolveBacking ? await options.resolveBacking(name, overlay) : where;
+      where = typeof source === "string" ? source : source.name;
+      const key = typeof source === "string" ? realPath(source) : source.name;
+      if (seen.has(key)) {
+        throw new QcowError("BACKING_LOOP", `Backing chain loops: ${key} appears twice`);
+      }
+      seen.add(key);
+      const format = overlay.backingFormat;
+      if (format !== undefined && format !== "raw" && format !== "qcow2") {
+        throw new QcowError("UNSUPPORTED_FEATURE", `Unsupported backing file format '${format}'`);
+      }
       backing = await openOne(source, format, options);
     } catch (error) {
       if (isQcowError(error, "NOT_FOUND")) {
-        const path = typeof source === "string" ? source : source.name;
         throw new QcowError(
           "BACKING_MISSING",
-          `Could not open backing file ${path}: no such file`,
+          `Could not open backing file ${where}: no such file`,
           { cause: error },
         );
       }

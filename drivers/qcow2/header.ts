@@ -39,6 +39,8 @@ export const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_
   INCOMPAT_COMPRESSION | INCOMPAT_EXTENDED_L2;
 /** Compatible feature bit: refcount updates may be deferred while the image is dirty. */
 export const COMPAT_LAZY_REFCOUNTS = 1n << 0n;
+/** Autoclear feature bit: the external data file is a valid raw image by itself. */
+export const AUTOCLEAR_DATA_FILE_RAW = 1n << 1n;
 
 /** Header extension types. */
 export const EXT_END = 0x00000000;
@@ -149,7 +151,13 @@ function bad(message: string): QcowError {
  * @returns log2 of the cluster size.
  */
 export function peekClusterBits(head: Uint8Array): number {
-  if (head.length < 4 || readU32(head, 0) !== QCOW_MAGIC) {
+  if (head.length < 4) {
+    throw new QcowError(
+      "BAD_MAGIC",
+      `Image is too short (${head.length} bytes) to hold the qcow2 magic`,
+    );
+  }
+  if (readU32(head, 0) !== QCOW_MAGIC) {
     throw new QcowError("BAD_MAGIC", "Image is not in qcow2 format (bad magic)");
   }
   if (head.length < 72) throw bad(`Image is too short for a qcow2 header (${head.length} bytes)`);
@@ -238,57 +246,87 @@ export function parseQcow2Header(first: Uint8Array): Qcow2Header {
     throw bad("Extended L2 entries need clusters of at least 16 KiB");
   }
 
-  // Extensions run from the end of the header to the backing file name or the cluster's end.
-  let end = Math.min(clusterSize, first.length);
+  // Extensions run from the end of the header to the backing file name or the cluster's end. A
+  // name that overlaps the header leaves no room for extensions; QEMU accepts that, so do we.
+  let end = clusterSize;
   if (header.backingFileOffset !== 0) {
-    if (header.backingFileSize > MAX_BACKING_NAME) {
-      throw bad(`Backing file name too long (${header.backingFileSize} bytes)`);
+    const offset = header.backingFileOffset;
+    const length = header.backingFileSize;
+    if (length > MAX_BACKING_NAME) throw bad(`Backing file name too long (${length} bytes)`);
+    if (offset + length > clusterSize) {
+      throw bad(
+        `Invalid backing file offset ${offset}: the name (${length} bytes) does not lie inside the first cluster`,
+      );
     }
-    if (header.backingFileOffset + header.backingFileSize > Math.min(clusterSize, first.length)) {
-      throw bad("Invalid backing file offset: the name does not lie inside the first cluster");
+    if (offset + length > first.length) {
+      throw bad(
+        `The backing file name at ${offset} (${length} bytes) runs past the end of the file (${first.length} bytes)`,
+      );
     }
-    if (header.backingFileOffset < headerLength) {
-      throw bad("Invalid backing file offset: the name overlaps the header");
-    }
-    end = header.backingFileOffset;
-    header.backingFile = readString(
-      first.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize),
-    );
+    end = offset;
+    header.backingFile = readString(first.subarray(offset, offset + length));
   }
   parseExtensions(first, headerLength, end, header);
+  // Cluster sizes are at most 2^21, so the low word alone decides alignment, exactly, even for
+  // offsets too large to be exact as numbers.
+  for (const [what, at] of TABLE_OFFSET_FIELDS) {
+    if (readU32(first, at + 4) % clusterSize !== 0) {
+      const hi = readU32(first, at).toString(16);
+      const lo = readU32(first, at + 4).toString(16);
+      const value = hi === "0" ? lo : `${hi}${lo.padStart(8, "0")}`;
+      throw new QcowError("BAD_TABLE", `${what} offset 0x${value} is not cluster aligned`);
+    }
+  }
   return header;
 }
 
+const TABLE_OFFSET_FIELDS: [string, number][] = [
+  ["L1 table", 40],
+  ["Reference count table", 48],
+  ["Snapshot table", 64],
+];
+
+function badExtension(message: string): QcowError {
+  return new QcowError("BAD_EXTENSION", message);
+}
+
+/**
+ * Reads extensions from `start` up to `end` (the backing file name or the end of the first
+ * cluster). Like QEMU, even the end marker's length must fit, and a later extension of a known
+ * type replaces an earlier one.
+ */
 function parseExtensions(first: Uint8Array, start: number, end: number, header: Qcow2Header): void {
+  const limit = end < 2 ** header.clusterBits ? "the backing file name" : "the first cluster";
   let at = start;
-  const seen = new Set<number>();
-  while (at + 8 <= end) {
-    const type = readU32(first, at);
-    const length = readU32(first, at + 4);
-    at += 8;
-    if (type === EXT_END) return;
-    if (length > end - at) {
-      throw new QcowError(
-        "BAD_EXTENSION",
-        `Header extension 0x${
-          type.toString(16)
-        } is too large (${length} bytes) for the first cluster`,
+  while (at < end) {
+    if (at + 8 > end) {
+      throw badExtension(`Header extension at ${at} runs into ${limit}`);
+    }
+    if (at + 8 > first.length) {
+      throw badExtension(
+        `Header extension at ${at} lies past the end of the file (${first.length} bytes)`,
       );
     }
+    const type = readU32(first, at);
+    const length = readU32(first, at + 4);
+    const name = `0x${type.toString(16)}`;
+    at += 8;
+    if (length > end - at) {
+      throw badExtension(
+        `Header extension ${name} is too large (${length} bytes): it runs into ${limit}`,
+      );
+    }
+    if (length > first.length - at) {
+      throw badExtension(
+        `Header extension ${name} (${length} bytes) runs past the end of the file (${first.length} bytes)`,
+      );
+    }
+    if (type === EXT_END) return;
     const data = first.slice(at, at + length);
     at += Math.ceil(length / 8) * 8;
-    if (seen.has(type) && type !== 0 && isKnownExtension(type)) {
-      throw new QcowError("BAD_EXTENSION", `Header extension 0x${type.toString(16)} appears twice`);
-    }
-    seen.add(type);
     header.extensions.push({ type, data });
     decodeExtension(type, data, header);
   }
-}
-
-function isKnownExtension(type: number): boolean {
-  return type === EXT_BACKING_FORMAT || type === EXT_FEATURE_TABLE || type === EXT_BITMAPS ||
-    type === EXT_CRYPTO || type === EXT_DATA_FILE;
 }
 
 function decodeExtension(type: number, data: Uint8Array, header: Qcow2Header): void {
@@ -357,20 +395,30 @@ export function sizeToL1(size: number, clusterBits: number, extendedL2: boolean)
   return divCeil(size, 2 ** clusterBits * l2Entries(clusterBits, extendedL2));
 }
 
+/**
+ * Checks where a table lies: cluster aligned always (QEMU checks even empty tables), and, when
+ * `mustFit`, inside the file.
+ */
 function checkTable(
   what: string,
   offset: number,
   bytes: number,
   clusterSize: number,
   fileSize: number,
+  mustFit: boolean,
 ): void {
+  // Offsets past 2^53 are rounded, but never from aligned to unaligned; parseQcow2Header has
+  // checked the exact low bits.
   if (offset % clusterSize !== 0) {
     throw new QcowError(
       "BAD_TABLE",
       `${what} offset 0x${offset.toString(16)} is not cluster aligned`,
     );
   }
-  if (offset + bytes > fileSize) {
+  if (offset + bytes >= 2 ** 63) {
+    throw new QcowError("BAD_TABLE", `${what} offset 0x${offset.toString(16)} is invalid`);
+  }
+  if (mustFit && offset + bytes > fileSize) {
     throw new QcowError(
       "BAD_TABLE",
       `${what} at 0x${
@@ -381,8 +429,10 @@ function checkTable(
 }
 
 /**
- * Checks the header's tables against QEMU's limits and the file's size: the L1 table, the refcount
- * table and the snapshot table must be aligned, inside the file, and no larger than QEMU allows.
+ * Checks the header's tables against QEMU's limits and the file's size: the L1 and refcount tables
+ * must be aligned, inside the file, and no larger than QEMU allows; the snapshot table must be
+ * aligned and addressable. (QEMU reads bytes past the end of the file as zeros; for the snapshot
+ * table this library does the same, see `checkSnapshotTable`.)
  *
  * @param header A parsed header.
  * @param fileSize Size of the image file in bytes.
@@ -404,6 +454,7 @@ export function validateTables(header: Qcow2Header, fileSize: number): void {
     reftableBytes,
     clusterSize,
     fileSize,
+    true,
   );
 
   if (header.l1Size > MAX_L1_BYTES / 8) {
@@ -416,17 +467,19 @@ export function validateTables(header: Qcow2Header, fileSize: number): void {
       `L1 table is too small: ${header.l1Size} entries for a size that needs ${needed}`,
     );
   }
-  if (header.l1Size > 0 || header.l1TableOffset !== 0) {
-    checkTable("L1 table", header.l1TableOffset, header.l1Size * 8, clusterSize, fileSize);
-  }
+  const l1Bytes = header.l1Size * 8;
+  checkTable("L1 table", header.l1TableOffset, l1Bytes, clusterSize, fileSize, l1Bytes > 0);
 
   if (header.nbSnapshots > MAX_SNAPSHOTS) {
-    throw new QcowError("BAD_TABLE", `Too many snapshots (${header.nbSnapshots})`);
+    throw new QcowError("BAD_TABLE", `Snapshot table too large (${header.nbSnapshots} snapshots)`);
   }
-  if (header.nbSnapshots > 0) {
-    checkTable("Snapshot table", header.snapshotsOffset, 0, clusterSize, fileSize);
-    if (header.snapshotsOffset >= fileSize) {
-      throw new QcowError("BAD_TABLE", "Snapshot table lies past the end of the file");
-    }
+  checkTable("Snapshot table", header.snapshotsOffset, 0, clusterSize, fileSize, false);
+  if (header.nbSnapshots > 0 && header.snapshotsOffset >= MAX_SAFE_OFFSET) {
+    throw new QcowError(
+      "BAD_TABLE",
+      `Snapshot table offset 0x${
+        header.snapshotsOffset.toString(16)
+      } is beyond 2^53, which this library cannot address`,
+    );
   }
 }

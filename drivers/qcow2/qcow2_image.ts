@@ -12,6 +12,7 @@ import { assertInside } from "../../core/_checks.ts";
 import type { BlockStatus, Image, ImageInfo } from "../image.ts";
 import { resolveBackingPath } from "../backing_path.ts";
 import {
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
   describeFeatures,
   INCOMPAT_CORRUPT,
@@ -27,6 +28,7 @@ import {
   validateTables,
 } from "./header.ts";
 import { inflateCluster } from "./compressed.ts";
+import { checkSnapshotTable } from "./snapshots.ts";
 import {
   compressedLocation,
   entryOffset,
@@ -107,8 +109,10 @@ export class Qcow2Image implements Image {
   #entryBytes: number;
   #l2Span: number;
   #subclusterSize: number;
+  #size: number;
   #compressedKey = -1;
   #compressedLength = 0;
+  #compressedFailure: QcowError | undefined;
   #compressedData: Uint8Array;
 
   private constructor(
@@ -127,6 +131,7 @@ export class Qcow2Image implements Image {
     this.#entryBytes = this.#extended ? 16 : 8;
     this.#l2Span = this.#clusterSize * l2Entries(header.clusterBits, this.#extended);
     this.#subclusterSize = this.#extended ? this.#clusterSize / 32 : this.#clusterSize;
+    this.#size = Math.floor(header.size / 512) * 512;
     const cacheBytes = options.l2CacheSize ??
       Math.min(DEFAULT_L2_CACHE_MAX, Math.max(header.l1Size, 1) * this.#clusterSize);
     this.#cache = new LruCache(Math.max(1, Math.floor(cacheBytes / this.#clusterSize)));
@@ -168,10 +173,18 @@ export class Qcow2Image implements Image {
         `Unsupported qcow2 feature: encryption (${method}) is not supported yet`,
       );
     }
-    if ((header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n || header.dataFile) {
+    // QEMU ignores a data file name unless the incompatible bit says the data lives there.
+    if ((header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
+      const name = header.dataFile ? ` (${header.dataFile})` : "";
       throw new QcowError(
         "UNSUPPORTED_FEATURE",
-        "Unsupported qcow2 feature: external data file is not supported yet",
+        `Unsupported qcow2 feature: external data file${name} is not supported yet`,
+      );
+    }
+    if ((header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
+      throw new QcowError(
+        "BAD_HEADER",
+        "data-file-raw requires a data file: the raw external data bit is set without one",
       );
     }
     if (header.compressionType !== 0) {
@@ -181,6 +194,7 @@ export class Qcow2Image implements Image {
       );
     }
     validateTables(header, fileSize);
+    await checkSnapshotTable(device, header);
 
     const l1 = new Uint8Array(header.l1Size * 8);
     if (l1.length > 0) await device.read(l1, header.l1TableOffset);
@@ -192,9 +206,9 @@ export class Qcow2Image implements Image {
     return "qcow2";
   }
 
-  /** Virtual size in bytes. */
+  /** Virtual size in bytes: the header's size rounded down to whole 512-byte sectors, as QEMU does. */
   get size(): number {
-    return this.#header.size;
+    return this.#size;
   }
 
   /** The device holding the image. */
@@ -240,7 +254,7 @@ export class Qcow2Image implements Image {
   /** Fills `buffer` with virtual contents from `offset`. */
   async read(buffer: Uint8Array, offset: number): Promise<void> {
     this.#assertOpen();
-    assertInside(offset, buffer.length, this.#header.size, this.filename);
+    assertInside(offset, buffer.length, this.#size, this.filename);
     let done = 0;
     while (done < buffer.length) {
       const at = offset + done;
@@ -269,7 +283,7 @@ export class Qcow2Image implements Image {
   /** How the range at `offset` is stored in this image (not its backing chain). */
   async blockStatus(offset: number, length: number): Promise<BlockStatus> {
     this.#assertOpen();
-    assertInside(offset, Math.max(length, 1), this.#header.size, this.filename);
+    assertInside(offset, Math.max(length, 1), this.#size, this.filename);
     const extent = await this.#lookup(offset, length);
     const status: BlockStatus = { length: extent.length, kind: KIND_NAMES[extent.kind]! };
     if (extent.host >= 0 && extent.kind !== KIND_COMPRESSED) status.hostOffset = extent.host;
@@ -281,7 +295,7 @@ export class Qcow2Image implements Image {
     const h = this.#header;
     const v3 = h.version >= 3;
     const info: ImageInfo = {
-      "virtual-size": h.size,
+      "virtual-size": this.#size,
       filename: this.filename,
       "cluster-size": this.#clusterSize,
       format: "qcow2",
@@ -363,6 +377,14 @@ export class Qcow2Image implements Image {
     const hi = readU32(table, e);
     const lo = readU32(table, e + 4);
     const kind = standardKind(hi, lo);
+    if (kind === KIND_ZERO && this.#header.version < 3) {
+      // Version 2 has no zero flag: QEMU treats the bit as corruption rather than guess.
+      throw corrupt(
+        `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${
+          hex(index)
+        })`,
+      );
+    }
     extent.kind = kind;
     if (kind === KIND_COMPRESSED) {
       const location = compressedLocation(hi, lo, this.#clusterBits);
@@ -542,8 +564,15 @@ export class Qcow2Image implements Image {
     if (n < part.length) part.fill(0, n);
   }
 
+  /**
+   * Inflates the compressed cluster at `offset`. The last cluster is remembered, and so is a
+   * failure: re-inflating up to 4 MiB of bad input for every small read of the same cluster
+   * would cost tens of milliseconds each time.
+   */
   async #decompress(offset: number, length: number): Promise<Uint8Array> {
     if (offset === this.#compressedKey && length === this.#compressedLength) {
+      const failure = this.#compressedFailure;
+      if (failure) throw new QcowError(failure.code, failure.message, { cause: failure.cause });
       return this.#compressedData;
     }
     const available = this.#device.size - offset;
@@ -553,12 +582,21 @@ export class Qcow2Image implements Image {
         `Compressed cluster at ${hex(offset)} lies past the end of the file`,
       );
     }
-    const input = new Uint8Array(Math.min(length, available));
-    await this.#device.read(input, offset);
-    const out = inflateCluster(input, this.#clusterSize, hex(offset));
+    // As in QEMU, what lies past the end of the file reads as zeros: the last compressed
+    // stream in a file often ends before the end of its last sector.
+    const input = new Uint8Array(length);
+    await this.#device.read(input.subarray(0, Math.min(length, available)), offset);
     this.#compressedKey = offset;
     this.#compressedLength = length;
-    this.#compressedData = out;
-    return out;
+    this.#compressedData = new Uint8Array(0);
+    this.#compressedFailure = undefined;
+    try {
+      this.#compressedData = inflateCluster(input, this.#clusterSize, hex(offset));
+    } catch (error) {
+      if (error instanceof QcowError) this.#compressedFailure = error;
+      else this.#compressedKey = -1;
+      throw error;
+    }
+    return this.#compressedData;
   }
 }
