@@ -32,7 +32,13 @@ export * from "./drivers/open_image.ts";
 export * from "./drivers/backing_path.ts";
 export * from "./drivers/map_image.ts";
 export * from "./drivers/image_stream.ts";
-export { Qcow2Image, type Qcow2OpenOptions } from "./drivers/qcow2/qcow2_image.ts";
+export {
+  Qcow2Image,
+  type Qcow2OpenOptions,
+  type ResizeOptions,
+  type WriteZeroesOptions,
+} from "./drivers/qcow2/qcow2_image.ts";
+export * from "./drivers/qcow2/create.ts";
 export type {
   BitmapsExtension,
   FeatureName,

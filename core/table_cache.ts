@@ -16,6 +16,8 @@ export interface TableCacheOptions {
   load: (offset: number, table: Uint8Array) => Promise<void>;
   /** Writes `table` back to the device at `offset`. */
   store: (offset: number, table: Uint8Array) => Promise<void>;
+  /** Makes written tables durable (a device flush); called at the end of every flush. */
+  sync?: () => Promise<void>;
 }
 
 interface Entry {
@@ -25,8 +27,9 @@ interface Entry {
 
 /**
  * Holds recently used tables in memory and writes changed ones back in a controlled order: before
- * any of its tables reaches the device, every cache it depends on is flushed first. That is how
- * refcount blocks reach the disk before the L2 tables that point at newly counted clusters.
+ * any of its tables reaches the device, every cache it depends on is flushed (written and made
+ * durable) first. That is how refcount blocks reach the disk before the L2 tables that point at
+ * newly counted clusters.
  *
  * Tables handed out stay valid until the next await on this cache: callers change them
  * synchronously and call {@linkcode TableCache.markDirty}.
@@ -164,6 +167,7 @@ export class TableCache {
       entry.dirty = false;
       this.#dirtyCount--;
     }
+    await this.#options.sync?.();
   }
 
   async #insert(offset: number, entry: Entry): Promise<void> {

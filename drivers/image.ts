@@ -86,8 +86,22 @@ export interface Image extends AsyncDisposable {
   readonly backingName: string | undefined;
   /** The backing format stored in this image, if any. */
   readonly backingFormat: string | undefined;
+  /** Whether writes are refused. */
+  readonly readOnly: boolean;
   /** Fills `buffer` with the virtual contents at `offset`. */
   read(buffer: Uint8Array, offset: number): Promise<void>;
+  /** Writes `data` at virtual offset `offset`. */
+  write(data: Uint8Array, offset: number): Promise<void>;
+  /** Makes a range read as zeros; `mayUnmap` lets the image release storage. */
+  writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void>;
+  /** Discards a range (what it then reads as depends on the format, as in QEMU). */
+  discard(offset: number, length: number): Promise<void>;
+  /** Writes whole clusters compressed, where the format can. */
+  writeCompressed(data: Uint8Array, offset: number): Promise<void>;
+  /** Changes the virtual size; shrinking needs `shrink: true`. */
+  resize(size: number, options?: { shrink?: boolean }): Promise<void>;
+  /** Writes cached metadata and makes every completed write durable. */
+  flush(): Promise<void>;
   /** How the range starting at `offset` (at most `length` bytes) is stored in this image. */
   blockStatus(offset: number, length: number): Promise<BlockStatus>;
   /** What `qemu-img info` would say about this image. */

@@ -41,7 +41,33 @@ class ScriptedImage implements Image {
     return this.device.name;
   }
 
+  readonly readOnly = true;
+
   read(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  write(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  writeZeroes(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  discard(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  writeCompressed(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  resize(): Promise<void> {
+    return Promise.reject(new Error("not used"));
+  }
+
+  flush(): Promise<void> {
     return Promise.reject(new Error("not used"));
   }
 

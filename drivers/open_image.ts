@@ -24,6 +24,8 @@ export type BackingResolver = (
 export interface OpenImageOptions {
   /** The format of the top image; probed from its magic when omitted. */
   format?: ImageFormat;
+  /** Open the top image for reading only; default true. Backing images are always read-only. */
+  readOnly?: boolean;
   /** Open the backing chain; default true. Without it, unallocated ranges read as zeros. */
   backing?: boolean;
   /** Bytes of L2 tables each qcow2 image in the chain may cache (default: up to 32 MiB). */
@@ -39,6 +41,7 @@ export interface OpenImageOptions {
 
 const optionsSchema = z.object({
   format: z.enum(["raw", "qcow2"]).optional(),
+  readOnly: z.boolean().optional(),
   backing: z.boolean().optional(),
   l2CacheSize: z.number().int().min(0).optional(),
   maxChainDepth: z.number().int().min(1).max(4096).optional(),
@@ -47,7 +50,7 @@ const optionsSchema = z.object({
 
 /**
  * Opens a disk image from a path or a {@linkcode BlockDevice}, probing its format, and opens its
- * backing chain. Images are opened read-only. Closing the returned image closes the whole chain
+ * backing chain. Images are opened read-only unless `readOnly: false` is given. Closing the returned image closes the whole chain
  * and every file that `openImage` opened (a device passed in stays open).
  *
  * @example Reading an image file
@@ -79,7 +82,7 @@ export async function openImage(
       `Invalid open option ${issue.path.join(".") || "(options)"}: ${issue.message}`,
     );
   }
-  const top = await openOne(source, options.format, options);
+  const top = await openOne(source, options.format, options, options.readOnly ?? true);
   if (options.backing === false) return top;
   try {
     await openChain(top, options);
@@ -94,14 +97,18 @@ async function openOne(
   source: string | BlockDevice,
   format: string | undefined,
   options: OpenImageOptions,
+  readOnly = true,
 ): Promise<Image> {
   const owns = typeof source === "string";
-  const device = typeof source === "string" ? FileDevice.open(source) : source;
+  const device = typeof source === "string" ? FileDevice.open(source, { readOnly }) : source;
   try {
     const chosen = format ?? await probeFormat(device);
-    if (chosen === "raw") return new RawImage(device, { ownsDevice: owns });
+    if (chosen === "raw") return new RawImage(device, { ownsDevice: owns, readOnly });
     if (chosen === "qcow2") {
-      const qcowOptions: { ownsDevice: boolean; l2CacheSize?: number } = { ownsDevice: owns };
+      const qcowOptions: { ownsDevice: boolean; l2CacheSize?: number; readOnly: boolean } = {
+        ownsDevice: owns,
+        readOnly,
+      };
       if (options.l2CacheSize !== undefined) qcowOptions.l2CacheSize = options.l2CacheSize;
       return await Qcow2Image.open(device, qcowOptions);
     }

@@ -13,6 +13,8 @@ import type { BlockStatus, Image, ImageInfo } from "./image.ts";
 export interface RawImageOptions {
   /** Close the device when the image is closed; default false. */
   ownsDevice?: boolean;
+  /** Refuse writes; default: whether the device is read-only. */
+  readOnly?: boolean;
 }
 
 /**
@@ -31,6 +33,7 @@ export interface RawImageOptions {
 export class RawImage implements Image {
   #device: BlockDevice;
   #ownsDevice: boolean;
+  #readOnly: boolean;
   #closed = false;
 
   /**
@@ -42,6 +45,7 @@ export class RawImage implements Image {
   constructor(device: BlockDevice, options: RawImageOptions = {}) {
     this.#device = device;
     this.#ownsDevice = options.ownsDevice ?? false;
+    this.#readOnly = options.readOnly ?? device.readOnly;
   }
 
   /** Always "raw". */
@@ -90,6 +94,69 @@ export class RawImage implements Image {
       return Promise.reject(new QcowError("CLOSED", `Image ${this.filename} is closed`));
     }
     return this.#device.read(buffer, offset);
+  }
+
+  /** Whether writes are refused. */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** Writes device bytes. */
+  write(data: Uint8Array, offset: number): Promise<void> {
+    try {
+      this.#assertWritable();
+      assertInside(offset, data.length, this.size, this.filename);
+      return this.#device.write(data, offset);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** Writes zeros (a raw file has no way to mark them). */
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.#assertWritable();
+    assertInside(offset, length, this.size, this.filename);
+    const chunk = new Uint8Array(Math.min(length, 1024 * 1024));
+    for (let done = 0; done < length; done += chunk.length) {
+      await this.#device.write(
+        chunk.subarray(0, Math.min(chunk.length, length - done)),
+        offset + done,
+      );
+    }
+  }
+
+  /** Discarded bytes of a raw image read as zeros here (QEMU punches a hole). */
+  discard(offset: number, length: number): Promise<void> {
+    return this.writeZeroes(offset, length);
+  }
+
+  /** Raw images cannot store compressed data. */
+  writeCompressed(): Promise<void> {
+    return Promise.reject(
+      new QcowError("UNSUPPORTED_FEATURE", "The raw format cannot store compressed clusters"),
+    );
+  }
+
+  /** Sets the device's size. */
+  async resize(size: number, options: { shrink?: boolean } = {}): Promise<void> {
+    this.#assertWritable();
+    if (size < this.size && !options.shrink) {
+      throw new QcowError(
+        "INVALID_ARGUMENT",
+        `Refusing to shrink ${this.filename} without shrink: true`,
+      );
+    }
+    await this.#device.truncate(size);
+  }
+
+  /** Flushes the device. */
+  flush(): Promise<void> {
+    return this.#device.flush();
+  }
+
+  #assertWritable(): void {
+    if (this.#closed) throw new QcowError("CLOSED", `Image ${this.filename} is closed`);
+    if (this.#readOnly) throw new QcowError("READ_ONLY", `Image ${this.filename} is read-only`);
   }
 
   /** Everything is data at the same offset. */

@@ -105,3 +105,35 @@ export function compressedLocation(
   const offset = offsetHi * 2 ** 32 + lo;
   return { offset, length: (sectors + 1) * 512 - (offset % 512) };
 }
+
+/** Bit 63 of an entry's high word: COPIED. */
+export const COPIED_HI = 0x80000000;
+/** Bit 62 of an entry's high word: compressed. */
+export const COMPRESSED_HI = 0x40000000;
+
+/** High word of an entry pointing at `host`, with COPIED set. */
+export function hostHi(host: number): number {
+  return (COPIED_HI | Math.floor(host / 2 ** 32)) >>> 0;
+}
+
+/** Low word of an entry pointing at `host` (bits 9..31 of the offset). */
+export function hostLo(host: number): number {
+  return (host % 2 ** 32) >>> 0;
+}
+
+/**
+ * Encodes a compressed cluster descriptor for `length` bytes at byte offset `offset`: the offset in
+ * bits 0..x-1 and the count of additional 512-byte sectors in bits x..61, x = 70 - cluster_bits.
+ *
+ * @returns The entry's high and low words (bit 62 set, COPIED clear).
+ */
+export function compressedEntry(
+  offset: number,
+  length: number,
+  clusterBits: number,
+): [number, number] {
+  const sectors = Math.floor((offset + length - 1) / 512) - Math.floor(offset / 512);
+  const shiftHi = 70 - clusterBits - 32;
+  const hi = COMPRESSED_HI | (sectors << shiftHi) | Math.floor(offset / 2 ** 32);
+  return [hi >>> 0, (offset % 2 ** 32) >>> 0];
+}

@@ -5,9 +5,11 @@
  */
 
 import type { BlockDevice } from "../../core/block_device.ts";
-import { readU32 } from "../../core/bytes.ts";
+import { deflateRaw } from "pako";
+import { readU32, writeU32, writeU64 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
-import { LruCache } from "../../core/lru_cache.ts";
+import { RwLock } from "../../core/rw_lock.ts";
+import { TableCache } from "../../core/table_cache.ts";
 import { assertInside } from "../../core/_checks.ts";
 import type { BlockStatus, Image, ImageInfo } from "../image.ts";
 import { resolveBackingPath } from "../backing_path.ts";
@@ -21,17 +23,24 @@ import {
   INCOMPAT_EXTENDED_L2,
   INCOMPAT_KNOWN,
   l2Entries,
+  MAX_L1_BYTES,
   MAX_SAFE_OFFSET,
   parseQcow2Header,
   peekClusterBits,
   type Qcow2Header,
+  sizeToL1,
   validateTables,
 } from "./header.ts";
+import { Refcounts } from "./refcounts.ts";
 import { inflateCluster } from "./compressed.ts";
 import { checkSnapshotTable } from "./snapshots.ts";
 import {
+  compressedEntry,
   compressedLocation,
+  entryCopied,
   entryOffset,
+  hostHi,
+  hostLo,
   KIND_COMPRESSED,
   KIND_DATA,
   KIND_INVALID,
@@ -49,6 +58,20 @@ export interface Qcow2OpenOptions {
   l2CacheSize?: number;
   /** Close the device when the image is closed; default false. */
   ownsDevice?: boolean;
+  /** Open for reading only; default true. */
+  readOnly?: boolean;
+}
+
+/** Options for {@linkcode Qcow2Image.writeZeroes}. */
+export interface WriteZeroesOptions {
+  /** Let the image release the host clusters (like qemu-io's `write -z -u`); default false. */
+  mayUnmap?: boolean;
+}
+
+/** Options for {@linkcode Qcow2Image.resize}. */
+export interface ResizeOptions {
+  /** Allow shrinking; only an unallocated tail can be cut off. Default false. */
+  shrink?: boolean;
 }
 
 /** A mapped run inside one L2 table. */
@@ -98,8 +121,10 @@ export class Qcow2Image implements Image {
   #device: BlockDevice;
   #header: Qcow2Header;
   #l1: Uint8Array;
-  #cache: LruCache<number, Uint8Array>;
-  #loading = new Map<number, Promise<Uint8Array>>();
+  #cache: TableCache;
+  #refcounts: Refcounts | undefined;
+  #lock = new RwLock();
+  #readOnly: boolean;
   #backing: Image | undefined;
   #ownsDevice: boolean;
   #closed = false;
@@ -132,9 +157,16 @@ export class Qcow2Image implements Image {
     this.#l2Span = this.#clusterSize * l2Entries(header.clusterBits, this.#extended);
     this.#subclusterSize = this.#extended ? this.#clusterSize / 32 : this.#clusterSize;
     this.#size = Math.floor(header.size / 512) * 512;
+    this.#readOnly = options.readOnly ?? true;
     const cacheBytes = options.l2CacheSize ??
       Math.min(DEFAULT_L2_CACHE_MAX, Math.max(header.l1Size, 1) * this.#clusterSize);
-    this.#cache = new LruCache(Math.max(1, Math.floor(cacheBytes / this.#clusterSize)));
+    this.#cache = new TableCache({
+      tableSize: this.#clusterSize,
+      capacity: Math.max(2, Math.floor(cacheBytes / this.#clusterSize)),
+      load: (offset, table) => this.#device.read(table, offset),
+      store: (offset, table) => this.#writeMetadata(offset, table, "l2_update"),
+      sync: () => this.#device.flush(),
+    });
     this.#compressedData = new Uint8Array(0);
   }
 
@@ -198,7 +230,52 @@ export class Qcow2Image implements Image {
 
     const l1 = new Uint8Array(header.l1Size * 8);
     if (l1.length > 0) await device.read(l1, header.l1TableOffset);
-    return new Qcow2Image(device, header, l1, options);
+    const image = new Qcow2Image(device, header, l1, options);
+    if (options.readOnly === false) await image.#openWritable();
+    return image;
+  }
+
+  async #openWritable(): Promise<void> {
+    const h = this.#header;
+    if (this.#device.readOnly) {
+      throw new QcowError(
+        "READ_ONLY",
+        `Cannot open ${this.filename} for writing: the device is read-only`,
+      );
+    }
+    if ((h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+      throw new QcowError(
+        "CORRUPT_METADATA",
+        `Image ${this.filename} is corrupt; cannot be opened read/write`,
+      );
+    }
+    if ((h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
+      throw new QcowError(
+        "UNSUPPORTED_FEATURE",
+        `Image ${this.filename} is dirty: it needs a refcount repair before it can be written, ` +
+          "which is not supported yet (open it read-only)",
+      );
+    }
+    this.#refcounts = await Refcounts.load({
+      device: this.#device,
+      clusterBits: this.#clusterBits,
+      refcountOrder: h.refcountOrder,
+      tableOffset: h.refcountTableOffset,
+      tableClusters: h.refcountTableClusters,
+      cacheCapacity: 16,
+      writeMetadata: (offset, data, event) => this.#writeMetadata(offset, data, event),
+      switchTable: async (offset, clusters) => {
+        const fields = new Uint8Array(12);
+        writeU64(fields, 0, offset);
+        writeU32(fields, 8, clusters);
+        await this.#writeMetadata(48, fields, "reftable_update");
+        await this.#device.flush();
+        h.refcountTableOffset = offset;
+        h.refcountTableClusters = clusters;
+      },
+    });
+    // L2 tables that point at newly counted clusters reach the disk after their refcounts.
+    this.#cache.dependOn(this.#refcounts.cache);
   }
 
   /** Always "qcow2". */
@@ -251,10 +328,25 @@ export class Qcow2Image implements Image {
     this.#backing = backing;
   }
 
+  /** Whether writes are refused. */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
   /** Fills `buffer` with virtual contents from `offset`. */
   async read(buffer: Uint8Array, offset: number): Promise<void> {
     this.#assertOpen();
     assertInside(offset, buffer.length, this.#size, this.filename);
+    const wait = this.#lock.acquireShared();
+    if (wait) await wait;
+    try {
+      await this.#readUnlocked(buffer, offset);
+    } finally {
+      this.#lock.releaseShared();
+    }
+  }
+
+  async #readUnlocked(buffer: Uint8Array, offset: number): Promise<void> {
     let done = 0;
     while (done < buffer.length) {
       const at = offset + done;
@@ -284,7 +376,7 @@ export class Qcow2Image implements Image {
   async blockStatus(offset: number, length: number): Promise<BlockStatus> {
     this.#assertOpen();
     assertInside(offset, Math.max(length, 1), this.#size, this.filename);
-    const extent = await this.#lookup(offset, length);
+    const extent = await this.#lock.shared(() => this.#lookup(offset, length));
     const status: BlockStatus = { length: extent.length, kind: KIND_NAMES[extent.kind]! };
     if (extent.host >= 0 && extent.kind !== KIND_COMPRESSED) status.hostOffset = extent.host;
     return status;
@@ -327,18 +419,560 @@ export class Qcow2Image implements Image {
   /** Closes the backing chain and, if owned, the device. */
   async close(): Promise<void> {
     if (this.#closed) return;
-    this.#closed = true;
-    this.#cache.clear();
     try {
-      await this.#backing?.close();
+      if (!this.#readOnly) await this.flush();
     } finally {
-      if (this.#ownsDevice) await this.#device.close();
+      this.#closed = true;
+      this.#cache.clear();
+      try {
+        await this.#backing?.close();
+      } finally {
+        if (this.#ownsDevice) await this.#device.close();
+      }
     }
   }
 
   /** Same as {@linkcode Qcow2Image.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /**
+   * Writes `data` at virtual offset `offset`. Clusters that are not yet this image's own are
+   * allocated, with the untouched parts copied from the backing chain (or zeros) once.
+   */
+  async write(data: Uint8Array, offset: number): Promise<void> {
+    this.#assertWritable();
+    assertInside(offset, data.length, this.#size, this.filename);
+    if (data.length === 0) return;
+    await this.#exclusive(async () => {
+      const cs = this.#clusterSize;
+      let done = 0;
+      while (done < data.length) {
+        const at = offset + done;
+        const within = at % cs;
+        const n = Math.min(cs - within, data.length - done);
+        await this.#writeInCluster(at - within, within, data.subarray(done, done + n));
+        done += n;
+      }
+    });
+  }
+
+  /**
+   * Makes `[offset, offset + length)` read as zeros: whole clusters get the zero flag (version 3)
+   * or are deallocated where no backing file shows through (version 2); the rest is written.
+   */
+  async writeZeroes(
+    offset: number,
+    length: number,
+    options: WriteZeroesOptions = {},
+  ): Promise<void> {
+    this.#assertWritable();
+    assertInside(offset, length, this.#size, this.filename);
+    if (length === 0) return;
+    await this.#exclusive(() =>
+      this.#clearRange(offset, length, options.mayUnmap ? "zero-unmap" : "zero")
+    );
+  }
+
+  /**
+   * Discards `[offset, offset + length)`: whole clusters are freed and read back as zeros
+   * (version 3) or as the backing file (version 2), as in QEMU; partial clusters are left alone.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    this.#assertWritable();
+    assertInside(offset, length, this.#size, this.filename);
+    if (length === 0) return;
+    await this.#exclusive(() => this.#clearRange(offset, length, "discard"));
+  }
+
+  /**
+   * Writes whole clusters compressed (raw deflate with a 4 KiB window, as QEMU reads it). A
+   * cluster that does not shrink is written uncompressed, as qemu-img does.
+   *
+   * @param data Whole clusters; the last may be short only where it ends the image.
+   * @param offset A cluster-aligned virtual offset.
+   */
+  async writeCompressed(data: Uint8Array, offset: number): Promise<void> {
+    this.#assertWritable();
+    assertInside(offset, data.length, this.#size, this.filename);
+    const cs = this.#clusterSize;
+    if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== this.#size)) {
+      throw new QcowError(
+        "INVALID_ARGUMENT",
+        `Compressed writes must cover whole ${cs}-byte clusters (offset ${offset}, ${data.length} bytes)`,
+      );
+    }
+    await this.#exclusive(async () => {
+      for (let done = 0; done < data.length; done += cs) {
+        let chunk = data.subarray(done, done + cs);
+        if (chunk.length < cs) {
+          const padded = new Uint8Array(cs);
+          padded.set(chunk);
+          chunk = padded;
+        }
+        await this.#writeCompressedCluster(offset + done, chunk);
+      }
+    });
+  }
+
+  /**
+   * Changes the virtual size (a multiple of 512). Growing extends the L1 table when needed;
+   * shrinking needs `shrink: true` and an unallocated tail.
+   */
+  async resize(size: number, options: ResizeOptions = {}): Promise<void> {
+    this.#assertWritable();
+    if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0) {
+      throw new QcowError(
+        "INVALID_ARGUMENT",
+        `The new size must be a multiple of 512, got ${size}`,
+      );
+    }
+    await this.#exclusive(async () => {
+      if (size < this.#size) {
+        if (!options.shrink) {
+          throw new QcowError(
+            "INVALID_ARGUMENT",
+            `Refusing to shrink ${this.filename} from ${this.#size} to ${size} bytes without shrink: true`,
+          );
+        }
+        for (let at = size; at < this.#size;) {
+          const extent = await this.#lookup(at, this.#size - at);
+          if (extent.kind !== KIND_UNALLOCATED) {
+            throw new QcowError(
+              "INVALID_ARGUMENT",
+              `Cannot shrink ${this.filename} to ${size} bytes: offset ${at} is allocated`,
+            );
+          }
+          at += extent.length;
+        }
+      } else {
+        await this.#growL1(sizeToL1(size, this.#clusterBits, this.#extended));
+      }
+      const field = new Uint8Array(8);
+      writeU64(field, 0, size);
+      await this.#cache.flush();
+      await this.#writeMetadata(24, field, "size_update");
+      await this.#device.flush();
+      this.#header.size = size;
+      this.#size = size;
+    });
+  }
+
+  /**
+   * Allocates every L2 table and data cluster of the image without writing data (qemu-img's
+   * `preallocation=metadata`); the file is extended to cover them, so they read as zeros.
+   */
+  async preallocateMetadata(): Promise<void> {
+    this.#assertWritable();
+    await this.#exclusive(async () => {
+      const cs = this.#clusterSize;
+      let end = 0;
+      for (let start = 0; start < this.#size; start += cs) {
+        const l2Offset = await this.#l2ForWrite(start);
+        const e = this.#l2Index(start) * this.#entryBytes;
+        const current = await this.#table(l2Offset);
+        if (entryOffset(readU32(current, e), readU32(current, e + 4)) !== 0) continue;
+        const host = await this.#refcounts!.allocate(1);
+        const table = await this.#table(l2Offset);
+        writeU32(table, e, hostHi(host));
+        writeU32(table, e + 4, hostLo(host));
+        if (this.#extended) writeU32(table, e + 12, 0xffffffff);
+        this.#cache.markDirty(l2Offset);
+        end = Math.max(end, host + cs);
+      }
+      await this.#cache.flush();
+      if (end > this.#device.size) await this.#device.truncate(end);
+    });
+  }
+
+  /** Writes cached metadata in dependency order and makes everything durable. */
+  async flush(): Promise<void> {
+    this.#assertWritable();
+    await this.#exclusive(async () => {
+      await this.#cache.flush();
+      await this.#refcounts!.flush();
+      await this.#device.flush();
+    });
+  }
+
+  #assertWritable(): void {
+    this.#assertOpen();
+    if (this.#readOnly) throw new QcowError("READ_ONLY", `Image ${this.filename} is read-only`);
+  }
+
+  async #exclusive(fn: () => Promise<void>): Promise<void> {
+    const wait = this.#lock.acquireExclusive();
+    if (wait) await wait;
+    try {
+      await fn();
+      await this.#releasePending();
+    } finally {
+      this.#lock.releaseExclusive();
+    }
+  }
+
+  /** Host ranges whose refcounts drop once the L2 updates that stopped using them are on disk. */
+  #pendingFrees: [number, number][] = [];
+
+  async #releasePending(): Promise<void> {
+    if (this.#pendingFrees.length === 0) return;
+    await this.#cache.flush();
+    const frees = this.#pendingFrees;
+    this.#pendingFrees = [];
+    for (const [offset, bytes] of frees) await this.#refcounts!.free(offset, bytes);
+  }
+
+  /** Schedules the host storage an L2 entry referred to for freeing. */
+  #releaseEntry(hi: number, lo: number): void {
+    if ((hi & 0x40000000) !== 0) {
+      const location = compressedLocation(hi, lo, this.#clusterBits);
+      this.#pendingFrees.push([location.offset, location.length]);
+      return;
+    }
+    const host = entryOffset(hi, lo);
+    if (host !== 0) this.#pendingFrees.push([host, this.#clusterSize]);
+  }
+
+  /** Writes metadata; the one place every metadata write goes through. */
+  #writeMetadata(offset: number, data: Uint8Array, _event: string): Promise<void> {
+    return this.#device.write(data, offset);
+  }
+
+  /**
+   * The L2 table mapping virtual offset `at`, ready to be changed: allocated (or copied, when
+   * shared) and hooked into the L1 table first if needed.
+   *
+   * @returns The table's offset; fetch the table with `#table` after any await.
+   */
+  async #l2ForWrite(at: number): Promise<number> {
+    const l1Index = Math.floor(at / this.#l2Span);
+    if (l1Index >= this.#header.l1Size) {
+      throw corrupt(`Offset ${at} lies beyond the L1 table (${this.#header.l1Size} entries)`);
+    }
+    const p = l1Index * 8;
+    const hi = readU32(this.#l1, p);
+    const lo = readU32(this.#l1, p + 4);
+    const old = entryOffset(hi, lo);
+    if (old !== 0 && entryCopied(hi)) {
+      await this.#loadL2(old, l1Index);
+      return old;
+    }
+    let copy: Uint8Array | undefined;
+    if (old !== 0) copy = (await this.#loadL2(old, l1Index)).slice();
+    const fresh = await this.#refcounts!.allocate(1);
+    const table = await this.#cache.create(fresh);
+    if (copy) table.set(copy);
+    // The new table must be on disk (after the refcounts that cover it) before L1 points to it.
+    await this.#cache.flush();
+    const entry = new Uint8Array(8);
+    writeU32(entry, 0, hostHi(fresh));
+    writeU32(entry, 4, hostLo(fresh));
+    await this.#writeMetadata(this.#header.l1TableOffset + p, entry, "l1_update");
+    await this.#device.flush();
+    this.#l1.set(entry, p);
+    if (old !== 0) this.#pendingFrees.push([old, this.#clusterSize]);
+    return fresh;
+  }
+
+  /** The cached L2 table at `l2Offset` (loading it again if it was evicted). */
+  async #table(l2Offset: number): Promise<Uint8Array> {
+    return this.#cache.peek(l2Offset) ?? await this.#cache.get(l2Offset);
+  }
+
+  /** Index of the L2 entry for the cluster at `clusterStart`. */
+  #l2Index(clusterStart: number): number {
+    return Math.floor((clusterStart % this.#l2Span) / this.#clusterSize);
+  }
+
+  async #writeData(data: Uint8Array, host: number): Promise<void> {
+    await this.#device.write(data, host);
+  }
+
+  /** Writes `chunk` at `within` bytes into the cluster starting at virtual `start`. */
+  async #writeInCluster(start: number, within: number, chunk: Uint8Array): Promise<void> {
+    const l2Offset = await this.#l2ForWrite(start);
+    const index = this.#l2Index(start);
+    let table = await this.#table(l2Offset);
+    const e = index * this.#entryBytes;
+    const hi = readU32(table, e);
+    const lo = readU32(table, e + 4);
+    if (
+      this.#extended && (hi & 0x40000000) === 0 && (entryOffset(hi, lo) === 0 || entryCopied(hi))
+    ) {
+      return this.#writeSubclusters(start, within, chunk, l2Offset, index);
+    }
+    const cs = this.#clusterSize;
+    const kind = this.#extended
+      ? (entryOffset(hi, lo) === 0 ? KIND_UNALLOCATED : KIND_COMPRESSED)
+      : standardKind(hi, lo);
+    const host = entryOffset(hi, lo);
+    if (host !== 0 && kind !== KIND_COMPRESSED) this.#checkCluster(host, l2Offset, index);
+    if (kind === KIND_DATA && entryCopied(hi)) {
+      await this.#writeData(chunk, host + within);
+      return;
+    }
+    const whole = within === 0 && chunk.length === cs;
+    // A preallocated zero cluster of our own is reused in place; anything else gets a new cluster.
+    const reuse = kind === KIND_ZERO && host !== 0 && entryCopied(hi);
+    const target = reuse ? host : await this.#refcounts!.allocate(1);
+    if (whole) {
+      await this.#writeData(chunk, target);
+    } else {
+      const zeroBefore = kind === KIND_ZERO ||
+        (kind === KIND_UNALLOCATED && !this.#backingCovers(start));
+      if (zeroBefore && !reuse && target >= this.#device.size) {
+        // Past the end of the file the rest of the cluster reads as zeros already.
+        await this.#writeData(chunk, target + within);
+      } else {
+        const buffer = new Uint8Array(cs);
+        if (!zeroBefore) await this.#readUnlocked(buffer, start);
+        buffer.set(chunk, within);
+        await this.#writeData(buffer, target);
+      }
+    }
+    table = await this.#table(l2Offset);
+    writeU32(table, e, hostHi(target));
+    writeU32(table, e + 4, hostLo(target));
+    if (this.#extended) {
+      writeU32(table, e + 8, 0);
+      writeU32(table, e + 12, 0xffffffff);
+    }
+    this.#cache.markDirty(l2Offset);
+    if (!reuse) this.#releaseEntry(hi, lo);
+  }
+
+  /** Whether the backing chain has data under the cluster at `start`. */
+  #backingCovers(start: number): boolean {
+    return this.#backing !== undefined && start < this.#backing.size;
+  }
+
+  /** A write into an extended L2 cluster that has no host cluster yet or is our own. */
+  async #writeSubclusters(
+    start: number,
+    within: number,
+    chunk: Uint8Array,
+    l2Offset: number,
+    index: number,
+  ): Promise<void> {
+    const sub = this.#subclusterSize;
+    const first = Math.floor(within / sub);
+    const last = Math.floor((within + chunk.length - 1) / sub);
+    const regionStart = first * sub;
+    const regionLength = (last - first + 1) * sub;
+    let table = await this.#table(l2Offset);
+    const e = index * 16;
+    let host = entryOffset(readU32(table, e), readU32(table, e + 4));
+    if (host !== 0) this.#checkCluster(host, l2Offset, index);
+    const fresh = host === 0;
+    if (fresh) host = await this.#refcounts!.allocate(1);
+    if (within === regionStart && chunk.length === regionLength) {
+      await this.#writeData(chunk, host + regionStart);
+    } else {
+      const buffer = new Uint8Array(regionLength);
+      // The current contents of the edge subclusters: our data, zeros or the backing file.
+      await this.#readUnlocked(buffer, start + regionStart);
+      buffer.set(chunk, within - regionStart);
+      await this.#writeData(buffer, host + regionStart);
+    }
+    table = await this.#table(l2Offset);
+    const mask = last - first === 31
+      ? 0xffffffff
+      : (((1 << (last - first + 1)) - 1) << first) >>> 0;
+    if (fresh) {
+      writeU32(table, e, hostHi(host));
+      writeU32(table, e + 4, hostLo(host));
+    }
+    writeU32(table, e + 8, (readU32(table, e + 8) & ~mask) >>> 0);
+    writeU32(table, e + 12, (readU32(table, e + 12) | mask) >>> 0);
+    this.#cache.markDirty(l2Offset);
+  }
+
+  async #writeCompressedCluster(start: number, cluster: Uint8Array): Promise<void> {
+    const packed = deflateRaw(cluster, { level: 6, windowBits: 12 });
+    if (packed.length >= this.#clusterSize) {
+      await this.#writeInCluster(start, 0, cluster);
+      return;
+    }
+    const l2Offset = await this.#l2ForWrite(start);
+    const index = this.#l2Index(start);
+    const where = await this.#refcounts!.allocateBytes(packed.length);
+    await this.#writeData(packed, where);
+    const table = await this.#table(l2Offset);
+    const e = index * this.#entryBytes;
+    const hi = readU32(table, e);
+    const lo = readU32(table, e + 4);
+    const [newHi, newLo] = compressedEntry(where, packed.length, this.#clusterBits);
+    writeU32(table, e, newHi);
+    writeU32(table, e + 4, newLo);
+    if (this.#extended) {
+      writeU32(table, e + 8, 0);
+      writeU32(table, e + 12, 0);
+    }
+    this.#cache.markDirty(l2Offset);
+    this.#releaseEntry(hi, lo);
+  }
+
+  /** Zeroes or discards a range, cluster by cluster (subcluster by subcluster with extended L2). */
+  async #clearRange(
+    offset: number,
+    length: number,
+    mode: "zero" | "zero-unmap" | "discard",
+  ): Promise<void> {
+    const unit = this.#subclusterSize;
+    const end = offset + length;
+    let at = offset;
+    while (at < end) {
+      const unitStart = at - (at % unit);
+      const unitEnd = Math.min(unitStart + unit, this.#size);
+      const stop = Math.min(end, unitEnd);
+      const partial = at !== unitStart || stop !== unitEnd;
+      if (partial) {
+        // Like QEMU: a discard leaves partial (sub)clusters alone; zeroing writes zeros into them
+        // unless the whole unit already reads as zeros, in which case it is marked zero whole.
+        if (mode !== "discard") {
+          if (await this.#readsAsZero(unitStart, unitEnd - unitStart)) {
+            await this.#clearUnit(unitStart, mode);
+          } else {
+            await this.#writeZeroBytes(at, stop - at);
+          }
+        }
+        at = stop;
+        continue;
+      }
+      // Whole units: take as many as fit in this cluster at once.
+      await this.#clearUnit(unitStart, mode);
+      at = unitEnd;
+    }
+  }
+
+  async #writeZeroBytes(at: number, length: number): Promise<void> {
+    const cs = this.#clusterSize;
+    const within = at % cs;
+    await this.#writeInCluster(at - within, within, new Uint8Array(length));
+  }
+
+  /** Whether the chain says `[at, at + length)` reads as zeros (by metadata, not by content). */
+  async #readsAsZero(at: number, length: number): Promise<boolean> {
+    for (let done = 0; done < length;) {
+      const extent = await this.#lookup(at + done, length - done);
+      const zero = extent.kind === KIND_ZERO ||
+        (extent.kind === KIND_UNALLOCATED && !this.#backingCovers(at + done));
+      if (!zero) return false;
+      done += extent.length;
+    }
+    return true;
+  }
+
+  /** Zeroes or discards one whole cluster (or subcluster with extended L2) at `start`. */
+  async #clearUnit(start: number, mode: "zero" | "zero-unmap" | "discard"): Promise<void> {
+    const cs = this.#clusterSize;
+    const clusterStart = start - (start % cs);
+    const v3 = this.#header.version >= 3;
+    const l1Index = Math.floor(clusterStart / this.#l2Span);
+    const p = l1Index * 8;
+    const l2Existing = entryOffset(readU32(this.#l1, p), readU32(this.#l1, p + 4));
+    // Nothing to do for an unallocated unit that reads as zeros anyway.
+    if (l2Existing === 0 && !this.#backingCovers(clusterStart) && (mode === "discard" || !v3)) {
+      return;
+    }
+    if (!v3 && mode !== "discard" && this.#backingCovers(clusterStart)) {
+      // Version 2 cannot mark zeros; with a backing file showing through, write them.
+      await this.#writeZeroBytes(start, Math.min(this.#subclusterSize, this.#size - start));
+      return;
+    }
+    const l2Offset = await this.#l2ForWrite(clusterStart);
+    const index = this.#l2Index(clusterStart);
+    const table = await this.#table(l2Offset);
+    const e = index * this.#entryBytes;
+    const hi = readU32(table, e);
+    const lo = readU32(table, e + 4);
+    const host = entryOffset(hi, lo);
+    const compressed = (hi & 0x40000000) !== 0;
+    const allocated = host !== 0 || compressed;
+    if (this.#extended) {
+      const sub = Math.floor((start - clusterStart) / this.#subclusterSize);
+      const bit = (1 << sub) >>> 0;
+      if (compressed) {
+        // A compressed cluster cannot keep part of itself: rewrite it decompressed first.
+        const buffer = new Uint8Array(cs);
+        await this.#readUnlocked(buffer, clusterStart);
+        await this.#writeInCluster(clusterStart, 0, buffer);
+        return this.#clearUnit(start, mode);
+      }
+      const wantZero = mode !== "discard" || allocated || this.#backingCovers(clusterStart);
+      const fresh = await this.#table(l2Offset);
+      writeU32(fresh, e + 12, (readU32(fresh, e + 12) & ~bit) >>> 0);
+      const zeros = wantZero
+        ? (readU32(fresh, e + 8) | bit) >>> 0
+        : (readU32(fresh, e + 8) & ~bit) >>> 0;
+      writeU32(fresh, e + 8, zeros);
+      // A cluster whose subclusters are all zero now, given up when unmapping is allowed.
+      if (host !== 0 && mode !== "zero" && readU32(fresh, e + 12) === 0) {
+        writeU32(fresh, e, 0);
+        writeU32(fresh, e + 4, 0);
+        this.#pendingFrees.push([host, cs]);
+      }
+      this.#cache.markDirty(l2Offset);
+      return;
+    }
+    let newHi = 0;
+    let newLo = 0;
+    let release = allocated;
+    if (mode === "zero" && v3) {
+      if (host !== 0 && !compressed && entryCopied(hi)) {
+        // Keep the preallocated cluster, flagged as reading zeros.
+        newHi = hi;
+        newLo = (lo | 1) >>> 0;
+        release = false;
+      } else {
+        newLo = 1;
+      }
+    } else if (v3 && (mode === "zero-unmap" || allocated || this.#backingCovers(clusterStart))) {
+      newLo = 1;
+    }
+    writeU32(table, e, newHi);
+    writeU32(table, e + 4, newLo);
+    this.#cache.markDirty(l2Offset);
+    if (release) this.#releaseEntry(hi, lo);
+  }
+
+  /** Grows the active L1 table to `entries`, moving it to new clusters when it needs more room. */
+  async #growL1(entries: number): Promise<void> {
+    const h = this.#header;
+    if (entries <= h.l1Size) return;
+    if (entries * 8 > MAX_L1_BYTES) {
+      throw new QcowError(
+        "TOO_LARGE",
+        `The L1 table would need ${entries} entries (at most ${MAX_L1_BYTES / 8})`,
+      );
+    }
+    const cs = this.#clusterSize;
+    const oldBytes = h.l1Size * 8;
+    const oldClusters = Math.ceil(oldBytes / cs);
+    const newClusters = Math.ceil((entries * 8) / cs);
+    const l1 = new Uint8Array(entries * 8);
+    l1.set(this.#l1);
+    let offset = h.l1TableOffset;
+    const moving = h.l1Size === 0 || newClusters > oldClusters;
+    if (moving) {
+      offset = await this.#refcounts!.allocate(newClusters);
+      await this.#refcounts!.flush();
+      await this.#writeMetadata(offset, l1, "l1_grow_write_table");
+      await this.#device.flush();
+    } else {
+      await this.#writeMetadata(offset + oldBytes, l1.subarray(oldBytes), "l1_grow_write_table");
+      await this.#device.flush();
+    }
+    const fields = new Uint8Array(12);
+    writeU32(fields, 0, entries);
+    writeU64(fields, 4, offset);
+    await this.#writeMetadata(36, fields, "l1_grow_activate_table");
+    await this.#device.flush();
+    if (moving && oldClusters > 0) this.#pendingFrees.push([h.l1TableOffset, oldClusters * cs]);
+    h.l1Size = entries;
+    h.l1TableOffset = offset;
+    this.#l1 = l1;
   }
 
   #assertOpen(): void {
@@ -364,8 +998,7 @@ export class Qcow2Image implements Image {
     const p = l1Index * 8;
     const l2Offset = entryOffset(readU32(l1, p), readU32(l1, p + 4));
     if (l2Offset === 0) return extent;
-    let table = this.#cache.get(l2Offset);
-    if (table === undefined) table = await this.#loadL2(l2Offset, l1Index);
+    const table = this.#cache.peek(l2Offset) ?? await this.#loadL2(l2Offset, l1Index);
 
     const clusterSize = this.#clusterSize;
     const inSpan = at - spanStart;
@@ -514,31 +1147,22 @@ export class Qcow2Image implements Image {
   }
 
   #loadL2(l2Offset: number, l1Index: number): Promise<Uint8Array> {
-    const pending = this.#loading.get(l2Offset);
-    if (pending) return pending;
-    const load = (async (): Promise<Uint8Array> => {
-      if (l2Offset % this.#clusterSize !== 0) {
-        throw corrupt(`L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
-      }
-      if (l2Offset < this.#clusterSize) {
-        throw corrupt(
-          `L2 table offset ${hex(l2Offset)} points into the header (L1 index: ${hex(l1Index)})`,
-        );
-      }
-      if (l2Offset + this.#clusterSize > this.#device.size) {
-        throw corrupt(
-          `L2 table offset ${hex(l2Offset)} lies past the end of the file (L1 index: ${
-            hex(l1Index)
-          })`,
-        );
-      }
-      const table = new Uint8Array(this.#clusterSize);
-      await this.#device.read(table, l2Offset);
-      this.#cache.set(l2Offset, table);
-      return table;
-    })();
-    this.#loading.set(l2Offset, load);
-    return load.finally(() => this.#loading.delete(l2Offset));
+    if (l2Offset % this.#clusterSize !== 0) {
+      throw corrupt(`L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
+    }
+    if (l2Offset < this.#clusterSize) {
+      throw corrupt(
+        `L2 table offset ${hex(l2Offset)} points into the header (L1 index: ${hex(l1Index)})`,
+      );
+    }
+    if (l2Offset + this.#clusterSize > this.#device.size) {
+      throw corrupt(
+        `L2 table offset ${hex(l2Offset)} lies past the end of the file (L1 index: ${
+          hex(l1Index)
+        })`,
+      );
+    }
+    return this.#cache.get(l2Offset);
   }
 
   /** Reads host bytes; what lies past the end of the file reads as zeros, as in QEMU. */
