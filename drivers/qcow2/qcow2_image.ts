@@ -476,13 +476,15 @@ export class Qcow2Image implements Image {
   }
 
   /**
-   * Discards `[offset, offset + length)`: whole clusters are freed and read back as zeros
-   * (version 3) or as the backing file (version 2), as in QEMU; partial clusters are left alone.
+   * Discards `[offset, offset + length)`, as QEMU does: whole clusters (never single subclusters)
+   * are freed and read back as zeros; partial clusters are left alone. A version 2 image with a
+   * backing file ignores discards, since it could only let stale backing data show through.
    */
   async discard(offset: number, length: number): Promise<void> {
     this.#assertWritable();
     assertInside(offset, length, this.#size, this.filename);
     if (length === 0) return;
+    if (this.#header.version < 3 && this.#backing !== undefined) return;
     await this.#exclusive(() => this.#clearRange(offset, length, "discard"));
   }
 
@@ -517,8 +519,10 @@ export class Qcow2Image implements Image {
   }
 
   /**
-   * Changes the virtual size (a multiple of 512). Growing extends the L1 table when needed;
-   * shrinking needs `shrink: true` and an unallocated tail.
+   * Changes the virtual size (a multiple of 512). Growing extends the L1 table when needed, and,
+   * as in QEMU, keeps a backing file longer than the old size from showing through: the new area
+   * is zeroed (version 3) or the grow refused (version 2). Shrinking needs `shrink: true` and an
+   * unallocated tail.
    */
   async resize(size: number, options: ResizeOptions = {}): Promise<void> {
     this.#assertWritable();
@@ -546,8 +550,30 @@ export class Qcow2Image implements Image {
           }
           at += extent.length;
         }
-      } else {
+      } else if (size > this.#size) {
+        // As in QEMU, a backing file longer than the disk must not show through the new area.
+        const backing = this.#backing;
+        const exposed = backing !== undefined && backing.size > this.#size;
+        if (exposed && this.#header.version < 3) {
+          throw new QcowError(
+            "UNSUPPORTED_FEATURE",
+            `Cannot grow ${this.filename}: its backing file would show through the new area, ` +
+              "and a version 2 image cannot mark it as zeros",
+          );
+        }
         await this.#growL1(sizeToL1(size, this.#clusterBits, this.#extended));
+        if (exposed) {
+          const old = this.#size;
+          const cs = this.#clusterSize;
+          this.#size = size;
+          try {
+            const end = Math.min(size, Math.ceil(backing.size / cs) * cs);
+            await this.#clearRange(old, end - old, "zero");
+          } catch (error) {
+            this.#size = old;
+            throw error;
+          }
+        }
       }
       const field = new Uint8Array(8);
       writeU64(field, 0, size);
@@ -577,7 +603,7 @@ export class Qcow2Image implements Image {
         const table = await this.#table(l2Offset);
         writeU32(table, e, hostHi(host));
         writeU32(table, e + 4, hostLo(host));
-        if (this.#extended) writeU32(table, e + 12, 0xffffffff);
+        // With subclusters, QEMU leaves them unallocated: the backing file still shows through.
         this.#cache.markDirty(l2Offset);
         end = Math.max(end, host + cs);
       }
@@ -636,7 +662,18 @@ export class Qcow2Image implements Image {
 
   /** Writes metadata; the one place every metadata write goes through. */
   #writeMetadata(offset: number, data: Uint8Array, _event: string): Promise<void> {
+    this.#forgetDecompressed();
     return this.#device.write(data, offset);
+  }
+
+  /**
+   * Drops the remembered compressed cluster: freed host bytes can be reused, and a new compressed
+   * cluster at the same offset and length must not read as the old one.
+   */
+  #forgetDecompressed(): void {
+    this.#compressedKey = -1;
+    this.#compressedFailure = undefined;
+    this.#compressedData = new Uint8Array(0);
   }
 
   /**
@@ -686,6 +723,7 @@ export class Qcow2Image implements Image {
   }
 
   async #writeData(data: Uint8Array, host: number): Promise<void> {
+    this.#forgetDecompressed();
     await this.#device.write(data, host);
   }
 
@@ -819,7 +857,8 @@ export class Qcow2Image implements Image {
     length: number,
     mode: "zero" | "zero-unmap" | "discard",
   ): Promise<void> {
-    const unit = this.#subclusterSize;
+    // QEMU discards whole clusters only, even with subclusters.
+    const unit = mode === "discard" ? this.#clusterSize : this.#subclusterSize;
     const end = offset + length;
     let at = offset;
     while (at < end) {
@@ -890,6 +929,17 @@ export class Qcow2Image implements Image {
     const host = entryOffset(hi, lo);
     const compressed = (hi & 0x40000000) !== 0;
     const allocated = host !== 0 || compressed;
+    if (this.#extended && mode === "discard") {
+      // The whole cluster: every subcluster reads as zeros, and the host cluster goes.
+      if (!allocated && !this.#backingCovers(clusterStart)) return;
+      writeU32(table, e, 0);
+      writeU32(table, e + 4, 0);
+      writeU32(table, e + 8, 0xffffffff);
+      writeU32(table, e + 12, 0);
+      this.#cache.markDirty(l2Offset);
+      this.#releaseEntry(hi, lo);
+      return;
+    }
     if (this.#extended) {
       const sub = Math.floor((start - clusterStart) / this.#subclusterSize);
       const bit = (1 << sub) >>> 0;

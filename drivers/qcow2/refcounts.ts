@@ -196,6 +196,10 @@ export class Refcounts {
       writeRefcount(block, within, this.#order, value);
       this.cache.markDirty(blockOffset);
       if (value === 0 && index < this.#freeHint) this.#freeHint = index;
+      // A freed cluster may come back as anything; compressed data must not be packed into it.
+      if (value === 0 && index === Math.floor(this.#byteCursor / this.#clusterSize)) {
+        this.#byteCursor = 0;
+      }
       if (delta > 0 && index >= this.#end) this.#end = index + 1;
     }
   }
