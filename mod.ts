@@ -47,3 +47,4 @@ export type {
 } from "./drivers/qcow2/header.ts";
 export * from "./core/format_size.ts";
 export * from "./core/progress.ts";
+export * from "./drivers/qcow2/check.ts";
