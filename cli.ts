@@ -34,6 +34,8 @@ import {
   validateCreateOptions,
 } from "./drivers/qcow2/create.ts";
 import { Qcow2Image } from "./drivers/qcow2/qcow2_image.ts";
+import { checkExitStatus, checkQcow2, formatCheckReport } from "./drivers/qcow2/check.ts";
+import { probeFormat } from "./drivers/probe.ts";
 
 /** Where a command writes; defaults to the process's stdout and stderr. */
 export interface CliIo {
@@ -61,6 +63,7 @@ Usage: deno run -A cli.ts <command> [options]
 Commands:
   info     show what an image is (like qemu-img info)
   map      show how an image's ranges are allocated (like qemu-img map)
+  check    check (and repair) a qcow2 image's metadata (like qemu-img check)
   create   create a qcow2 or raw image (like qemu-img create)
   resize   change an image's virtual size (like qemu-img resize)
   convert  copy an image to raw or qcow2 (like qemu-img convert)
@@ -115,6 +118,17 @@ zeros: a sparse raw file, or a new qcow2 image without a backing file.
   -c, --compress       write qcow2 data clusters compressed
   -o OPTIONS           qcow2 create options for DST, as for create (no size or backing file)
   -q, --quiet          no progress output (progress: a bar on a terminal, plain lines otherwise)
+`,
+  check: `Usage: cli.ts check [-f FMT] [-r leaks|all] [--output human|json] [-q] FILE
+
+Checks a qcow2 image's metadata the way qemu-img check does: rebuilds the refcounts from every
+reference and compares them with the stored ones, and checks COPIED flags and table offsets.
+  -r leaks             free leaked clusters
+  -r all               repair everything it can, rebuilding the refcount structure if needed
+  --output FORMAT      human (default) or json, with qemu-img's field names
+  -q, --quiet          print no report (human output)
+Exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaks (after -r: the state after
+repair), 63 for formats without checks (raw).
 `,
   compare: `Usage: cli.ts compare [-f FMT] [-F FMT] [-s] A B
 
@@ -1015,9 +1029,40 @@ const ioCommand: Command = async (args, io) => {
   return ok ? 0 : 1;
 };
 
+const check: Command = async (args, io) => {
+  const { values, positionals } = parse(args, {
+    format: { type: "string", short: "f" },
+    output: { type: "string" },
+    repair: { type: "string", short: "r" },
+    quiet: { type: "boolean", short: "q" },
+  });
+  if (values.help) return help("check", io);
+  const output = outputOption(values.output);
+  const repair = values.repair ?? "none";
+  if (repair !== "none" && repair !== "leaks" && repair !== "all") {
+    fail(`Unknown option for -r: '${String(repair)}' (expected leaks or all)`);
+  }
+  const path = onePath(positionals, "image");
+  await using device = FileDevice.open(path, { readOnly: repair === "none" });
+  const format = formatOption(values.format) ?? await probeFormat(device);
+  if (format !== "qcow2") {
+    io.stderr(`qcowlab: This image format does not support checks\n`);
+    return 63;
+  }
+  const result = await checkQcow2(device, { repair, filename: path });
+  for (const line of result.messages) io.stderr(`${line}\n`);
+  const status = checkExitStatus(result);
+  if (!values.quiet || output === "json") io.stdout(formatCheckReport(result, output));
+  if (status === 1) {
+    io.stderr(`qcowlab: Check failed${result.failure ? `: ${result.failure}` : ""}\n`);
+  }
+  return status;
+};
+
 const COMMANDS: Record<string, Command> = {
   info,
   map,
+  check,
   create,
   resize,
   convert,
