@@ -521,8 +521,8 @@ export class Qcow2Image implements Image {
   /**
    * Changes the virtual size (a multiple of 512). Growing extends the L1 table when needed, and,
    * as in QEMU, keeps a backing file longer than the old size from showing through: the new area
-   * is zeroed (version 3) or the grow refused (version 2). Shrinking needs `shrink: true` and an
-   * unallocated tail.
+   * is zeroed, which a version 2 image can do only up to the end of its last cluster (growing
+   * further is refused). Shrinking needs `shrink: true` and an unallocated tail.
    */
   async resize(size: number, options: ResizeOptions = {}): Promise<void> {
     this.#assertWritable();
@@ -552,13 +552,15 @@ export class Qcow2Image implements Image {
         }
       } else if (size > this.#size) {
         // As in QEMU, a backing file longer than the disk must not show through the new area.
+        // Version 2 can only write zeros over the rest of the last cluster, not mark clusters.
         const backing = this.#backing;
         const exposed = backing !== undefined && backing.size > this.#size;
-        if (exposed && this.#header.version < 3) {
+        const lastClusterEnd = Math.ceil(this.#size / this.#clusterSize) * this.#clusterSize;
+        if (exposed && this.#header.version < 3 && size > lastClusterEnd) {
           throw new QcowError(
             "UNSUPPORTED_FEATURE",
-            `Cannot grow ${this.filename}: its backing file would show through the new area, ` +
-              "and a version 2 image cannot mark it as zeros",
+            `Cannot grow ${this.filename} past ${lastClusterEnd} bytes: its backing file would ` +
+              "show through the new area, and a version 2 image cannot mark it as zeros",
           );
         }
         await this.#growL1(sizeToL1(size, this.#clusterBits, this.#extended));
@@ -587,7 +589,8 @@ export class Qcow2Image implements Image {
 
   /**
    * Allocates every L2 table and data cluster of the image without writing data (qemu-img's
-   * `preallocation=metadata`); the file is extended to cover them, so they read as zeros.
+   * `preallocation=metadata`); the file is extended to cover them, and reused clusters inside it
+   * are zeroed, so they read as zeros.
    */
   async preallocateMetadata(): Promise<void> {
     this.#assertWritable();
@@ -600,6 +603,8 @@ export class Qcow2Image implements Image {
         const current = await this.#table(l2Offset);
         if (entryOffset(readU32(current, e), readU32(current, e + 4)) !== 0) continue;
         const host = await this.#refcounts!.allocate(1);
+        // A cluster freed earlier (an old L1 or refcount table) still holds its old bytes.
+        if (host < this.#device.size) await this.#writeData(new Uint8Array(cs), host);
         const table = await this.#table(l2Offset);
         writeU32(table, e, hostHi(host));
         writeU32(table, e + 4, hostLo(host));
