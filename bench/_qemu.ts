@@ -68,22 +68,56 @@ export interface QemuBenchOptions {
   depth?: number;
   /** AIO engine (`-i`). */
   aio: string;
+  /** Write instead of read (`-w`). */
+  write?: boolean;
+  /** Byte value written (`--pattern`); qemu-img's default is 0. */
+  pattern?: number;
 }
 
 /**
- * The `qemu-img bench` arguments for a read benchmark on a qcow2 image with the page cache on.
+ * The `qemu-img bench` arguments for a benchmark on a qcow2 image with the page cache on.
  *
  * @param path The image.
  * @param options Request size, count, step, depth and AIO engine.
  * @returns The arguments after `qemu-img`.
  */
 export function benchArgs(path: string, options: QemuBenchOptions): string[] {
-  const args = ["bench", "-f", "qcow2", "-t", "writeback", "-i", options.aio];
+  const args = ["bench"];
+  if (options.write) args.push("-w");
+  args.push("-f", "qcow2", "-t", "writeback", "-i", options.aio);
   args.push("-s", String(options.requestSize), "-c", String(options.count));
   if (options.step !== undefined) args.push("-S", String(options.step));
   if (options.depth !== undefined) args.push("-d", String(options.depth));
+  if (options.pattern !== undefined) args.push(`--pattern=${options.pattern}`);
   args.push(path);
   return args;
+}
+
+/** What one `qemu-img bench` run took. */
+export interface QemuBenchTiming {
+  /** Seconds from its "Run completed in X seconds." line. */
+  reported: number;
+  /** Seconds from spawning the process to its exit, as seen from here. */
+  wall: number;
+}
+
+/**
+ * Runs `qemu-img bench` and returns the time it reports and the time the whole process took.
+ *
+ * @param path The image.
+ * @param options Request size, count, step, depth, AIO engine, direction and pattern.
+ * @returns Both times in seconds.
+ */
+export async function qemuImgBenchTimed(
+  path: string,
+  options: QemuBenchOptions,
+): Promise<QemuBenchTiming> {
+  const start = performance.now();
+  const out = await run("qemu-img", benchArgs(path, options));
+  const wall = (performance.now() - start) / 1000;
+  const match = /Run completed in ([\d.]+) seconds\./.exec(out);
+  if (!match) throw new Error(`qemu-img bench printed no completion line: ${out}`);
+  return { reported: Number(match[1]), wall };
 }
 
 /**
@@ -94,27 +128,72 @@ export function benchArgs(path: string, options: QemuBenchOptions): string[] {
  * @returns Seconds, from its "Run completed in X seconds." line.
  */
 export async function qemuImgBench(path: string, options: QemuBenchOptions): Promise<number> {
-  const out = await run("qemu-img", benchArgs(path, options));
-  const match = /Run completed in ([\d.]+) seconds\./.exec(out);
-  if (!match) throw new Error(`qemu-img bench printed no completion line: ${out}`);
-  return Number(match[1]);
+  return (await qemuImgBenchTimed(path, options)).reported;
 }
 
 /**
  * Picks the fastest AIO engine `qemu-img bench` accepts with the page cache on: io_uring, else
  * threads (`native` needs `cache.direct=on`, which would bypass the page cache).
  *
- * @param path A qcow2 image to try on.
+ * @param path A qcow2 image to try on (written to when `write` is set).
+ * @param write Try write requests (`-w`) instead of reads.
  * @returns The engine name.
  */
-export async function pickAio(path: string): Promise<string> {
+export async function pickAio(path: string, write = false): Promise<string> {
   for (const aio of ["io_uring", "native", "threads"]) {
     try {
-      await qemuImgBench(path, { requestSize: 4096, count: 16, aio });
+      await qemuImgBench(path, { requestSize: 4096, count: 16, aio, write });
       return aio;
     } catch {
       // Try the next engine.
     }
   }
   throw new Error("qemu-img bench accepts none of io_uring, native, threads");
+}
+
+/**
+ * Runs `qemu-img check` and fails unless it finds nothing wrong: no errors, corruptions or leaks.
+ *
+ * @param path The qcow2 image.
+ * @throws {Error} With qemu-img's report when anything is wrong.
+ */
+export async function qemuImgCheck(path: string): Promise<void> {
+  // Exit status 2 (corruptions) and 3 (leaks) make run() throw with the report.
+  const out = await run("qemu-img", ["check", "-f", "qcow2", "--output=json", path]);
+  const report = JSON.parse(out) as Record<string, unknown>;
+  const bad = ["check-errors", "corruptions", "leaks", "corruptions-fixed", "leaks-fixed"]
+    .filter((key) => typeof report[key] === "number" && report[key] !== 0);
+  if (bad.length > 0) throw new Error(`qemu-img check ${path}: ${bad.join(", ")}: ${out}`);
+}
+
+/**
+ * Reads requests back with `qemu-io` (an independent reader): checks that all but the first
+ * `head` bytes of each hold `pattern` and returns those first bytes.
+ *
+ * @param path The qcow2 image.
+ * @param requests Offset and length of each request.
+ * @param pattern The byte every request holds after its head.
+ * @param head Bytes at the start of each request to return rather than check.
+ * @returns The head bytes of each request, in order.
+ * @throws {Error} When a pattern check fails.
+ */
+export async function qemuIoHeads(
+  path: string,
+  requests: { offset: number; length: number }[],
+  pattern: number,
+  head: number,
+): Promise<Uint8Array[]> {
+  const commands = requests.flatMap(({ offset, length }) => [
+    "-c",
+    `read -P ${pattern} ${offset + head} ${length - head}`,
+    "-c",
+    `read -v ${offset} ${head}`,
+  ]);
+  const out = await run("qemu-io", ["-f", "qcow2", "-r", ...commands, path]);
+  if (/verification failed/i.test(out)) throw new Error(`qemu-io on ${path}: ${out}`);
+  const dumps = [...out.matchAll(/^[0-9a-f]{8}:((?: +[0-9a-f]{2}(?= |$))+)/gm)];
+  if (dumps.length !== requests.length) {
+    throw new Error(`qemu-io printed ${dumps.length} dumps for ${requests.length} reads: ${out}`);
+  }
+  return dumps.map((m) => Uint8Array.from(m[1]!.trim().split(/ +/), (h) => parseInt(h, 16)));
 }

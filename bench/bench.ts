@@ -1,11 +1,12 @@
 /**
- * Read throughput of qcowlab against `qemu-img bench` and plain positional reads, with a warm page
- * cache, plus the memory taken by a sparse 16 TiB image. Run with `deno task bench`; needs
- * `qemu-img` and `qemu-io`, about 1.5 GiB of temporary disk space and about a minute.
+ * Read and write throughput of qcowlab against `qemu-img bench`, with a warm page cache, plus the
+ * memory taken by a sparse 16 TiB image. Run with `deno task bench`; needs `qemu-img` and
+ * `qemu-io`, about 2.5 GiB of temporary disk space and about two minutes.
  *
- * Every qcowlab test issues exactly the offsets the matching `qemu-img bench` command issues (see
- * `qemuBenchOffsets`), one request at a time. qemu-img is shown at its default queue depth (64) and
- * at depth 1; the ratio column compares with depth 64, the command as written.
+ * Every qcowlab read test issues exactly the offsets the matching `qemu-img bench` command issues
+ * (see `qemuBenchOffsets`), one request at a time. qemu-img is shown at its default queue depth
+ * (64) and at depth 1; the ratio column compares with depth 64, the command as written. The write
+ * tests (`_write.ts`, which explains how they are timed) follow the same rules.
  *
  * @module
  */
@@ -15,6 +16,8 @@ import { type Image, mapImage, MemoryDevice, openImage, Qcow2Image, RawImage } f
 import { mulberry32, qemuBenchOffsets, randomOffsets } from "./_pattern.ts";
 import { benchArgs, benchWrap, pickAio, qemuImgBench, qemuImgVersion, run } from "./_qemu.ts";
 import type { MemoryProbeResult } from "./_memory_probe.ts";
+import { formatFigure, loadAverage, log, median, printTable } from "./_report.ts";
+import { writeBench } from "./_write.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -49,25 +52,10 @@ interface Test {
 /** Measured seconds of each variant, one entry per run. */
 type Timings = Map<string, number[]>;
 
-function log(message: string): void {
-  console.error(message);
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 function figure(test: Test, seconds: number): number {
   return test.unit === "MiB/s"
     ? test.offsets.length * test.requestSize / MiB / seconds
     : test.offsets.length / seconds;
-}
-
-function formatFigure(value: number | undefined): string {
-  if (value === undefined) return "-";
-  return Math.round(value).toLocaleString("en-US");
 }
 
 /** Writes `size` bytes of seeded noise, each 4 KiB block stamped with its index. */
@@ -228,15 +216,6 @@ async function measureMemory(tests: Test[], paths: Paths): Promise<Map<Test, Tim
   return results;
 }
 
-function printTable(header: string[], rows: string[][]): void {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)).join("  ");
-  console.log(line(header));
-  console.log(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const row of rows) console.log(line(row));
-}
-
 function fileTests(wrap: "image" | "usable"): Test[] {
   const pattern = { imageSize: FILE_SIZE, wrap } as const;
   const seqCount = FILE_SIZE / (64 * KiB);
@@ -346,10 +325,11 @@ function cpuName(): string {
 
 async function main(): Promise<void> {
   const started = performance.now();
+  const loadBefore = loadAverage();
   const version = await qemuImgVersion();
   const wrap = benchWrap(version);
   const dir = await Deno.makeTempDir({ prefix: "qcowlab-bench-" });
-  // Interrupted runs would otherwise leave 1.5 GiB behind.
+  // Interrupted runs would otherwise leave up to 2.5 GiB behind.
   const onInterrupt = (): void => {
     Deno.removeSync(dir, { recursive: true });
     Deno.exit(130);
@@ -385,14 +365,23 @@ async function main(): Promise<void> {
     log("Timing MemoryDevice reads");
     const memTests = memoryTests();
     const memResults = await measureMemory(memTests, small);
+    // The read files are done with; the write tests need room for two images of their own.
+    for (const p of [file, small]) {
+      await Deno.remove(p.raw);
+      await Deno.remove(p.qcow2);
+    }
+    const printWrites = await writeBench(dir, version);
 
     const deno = Deno.version.deno;
     console.log(
-      `\nqcowlab read benchmark: Deno ${deno}, qemu-img ${version.join(".")}, ${cpuName()}, ` +
-        `${navigator.hardwareConcurrency} CPUs`,
+      `\nqcowlab read and write benchmark: Deno ${deno}, qemu-img ${
+        version.join(".")
+      }, ${cpuName()}, ` +
+        `${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ` +
+        `${loadAverage()} after`,
     );
     console.log(
-      `FileDevice, ${FILE_SIZE / MiB} MiB image, warm page cache; median of ${RUNS} runs.` +
+      `FileDevice reads, ${FILE_SIZE / MiB} MiB image, warm page cache; median of ${RUNS} runs.` +
         ` qemu-img: ${
           benchArgs("IMAGE", { requestSize: 0, count: 0, aio }).slice(0, 7).join(" ")
         }` +
@@ -450,7 +439,9 @@ async function main(): Promise<void> {
     }
 
     console.log(
-      `\nMemoryDevice, ${MEMORY_SIZE / MiB} MiB qcow2 image (Qcow2Image) and the same bytes as` +
+      `\nMemoryDevice reads, ${
+        MEMORY_SIZE / MiB
+      } MiB qcow2 image (Qcow2Image) and the same bytes as` +
         ` a raw image (RawImage); median of ${RUNS} runs`,
     );
     printTable(
@@ -465,6 +456,8 @@ async function main(): Promise<void> {
         ];
       }),
     );
+
+    printWrites();
 
     const rss = memory.rssAfter - memory.rssBefore;
     const heap = memory.heapAfter - memory.heapBefore;

@@ -58,6 +58,8 @@ export class TableCache {
   #options: TableCacheOptions;
   #dependencies: TableCache[] = [];
   #dirtyCount = 0;
+  /** The most recently used key: hits on it need no reordering. */
+  #newest: number | undefined;
 
   /**
    * Creates an empty cache.
@@ -86,12 +88,20 @@ export class TableCache {
     if (!this.#dependencies.includes(other)) this.#dependencies.push(other);
   }
 
+  /** Drops every dependency set with {@linkcode TableCache.dependOn}. */
+  clearDependencies(): void {
+    this.#dependencies = [];
+  }
+
   /** The table at `offset` if it is held, marked most recently used; never loads. */
   peek(offset: number): Uint8Array | undefined {
     const entry = this.#entries.get(offset);
     if (entry === undefined) return undefined;
-    this.#entries.delete(offset);
-    this.#entries.set(offset, entry);
+    if (offset !== this.#newest) {
+      this.#entries.delete(offset);
+      this.#entries.set(offset, entry);
+      this.#newest = offset;
+    }
     return entry.table;
   }
 
@@ -148,12 +158,14 @@ export class TableCache {
     if (entry === undefined) return;
     if (entry.dirty) this.#dirtyCount--;
     this.#entries.delete(offset);
+    if (offset === this.#newest) this.#newest = undefined;
   }
 
   /** Forgets every table, written back or not (after a failure, to reload from the device). */
   clear(): void {
     this.#entries.clear();
     this.#dirtyCount = 0;
+    this.#newest = undefined;
   }
 
   /** Writes every dirty table back, dependencies first, in ascending offset order. */
@@ -172,6 +184,7 @@ export class TableCache {
 
   async #insert(offset: number, entry: Entry): Promise<void> {
     this.#entries.set(offset, entry);
+    this.#newest = offset;
     while (this.#entries.size > this.#options.capacity) {
       let victim: number | undefined;
       for (const [key, candidate] of this.#entries) {
@@ -192,7 +205,10 @@ export class TableCache {
         this.#dirtyCount--;
       }
       // It may have been used again while being written; only drop it if still clean.
-      if (this.#entries.get(victim) === chosen && !chosen.dirty) this.#entries.delete(victim);
+      if (this.#entries.get(victim) === chosen && !chosen.dirty) {
+        this.#entries.delete(victim);
+        if (victim === this.#newest) this.#newest = undefined;
+      }
     }
   }
 }

@@ -32,6 +32,7 @@ import {
   validateTables,
 } from "./header.ts";
 import { Refcounts } from "./refcounts.ts";
+import { checkExitStatus, checkQcow2, type CheckResult } from "./check.ts";
 import { inflateCluster } from "./compressed.ts";
 import { checkSnapshotTable } from "./snapshots.ts";
 import {
@@ -230,9 +231,77 @@ export class Qcow2Image implements Image {
 
     const l1 = new Uint8Array(header.l1Size * 8);
     if (l1.length > 0) await device.read(l1, header.l1TableOffset);
+    if (options.readOnly === false && (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+      // Before any repair, as QEMU: a corrupt image is never opened for writing.
+      throw new QcowError(
+        "CORRUPT_METADATA",
+        `Image ${device.name} is corrupt; cannot be opened read/write`,
+      );
+    }
+    if (options.readOnly === false && (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
+      return await Qcow2Image.#repairAndOpen(device, options);
+    }
     const image = new Qcow2Image(device, header, l1, options);
     if (options.readOnly === false) await image.#openWritable();
     return image;
+  }
+
+  /**
+   * A dirty image's refcounts cannot be trusted: like QEMU, rebuild them (`check -r all`) before
+   * opening it for writing, and keep the report.
+   */
+  static async #repairAndOpen(device: BlockDevice, options: Qcow2OpenOptions): Promise<Qcow2Image> {
+    if (device.readOnly) {
+      throw new QcowError(
+        "READ_ONLY",
+        `Cannot repair dirty image ${device.name}: the device is read-only`,
+      );
+    }
+    const result = await checkQcow2(device, { repair: "all" });
+    if (checkExitStatus(result) !== 0) {
+      const left = (result.corruptions ?? 0) + (result["check-errors"] ?? 0);
+      throw new QcowError(
+        "CORRUPT_METADATA",
+        `Could not repair dirty image ${device.name}: ${left} problem(s) remain after the repair`,
+      );
+    }
+    const image = await Qcow2Image.open(device, options);
+    image.#repair = result;
+    return image;
+  }
+
+  #repair: CheckResult | undefined;
+
+  /** What the repair of a dirty image did when this image was opened for writing, if it ran. */
+  get repairResult(): CheckResult | undefined {
+    return this.#repair;
+  }
+
+  /** Sets the dirty bit (lazy refcounts) before the first change that relies on it. */
+  async #markDirty(): Promise<void> {
+    const h = this.#header;
+    if (!this.#lazy || (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) return;
+    await this.#writeFeatures(h.incompatibleFeatures | INCOMPAT_DIRTY);
+    // While dirty, refcounts may lag behind: L2 tables no longer wait for them.
+    this.#cache.clearDependencies();
+  }
+
+  /** Writes the incompatible feature bits and makes them durable. */
+  async #writeFeatures(bits: bigint): Promise<void> {
+    const field = new Uint8Array(8);
+    writeU64(field, 0, Number(bits));
+    await this.#writeMetadata(72, field, "features_update");
+    await this.#device.flush();
+    this.#header.incompatibleFeatures = bits;
+  }
+
+  get #dirty(): boolean {
+    return (this.#header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  get #lazy(): boolean {
+    return this.#header.version >= 3 &&
+      (this.#header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
   }
 
   async #openWritable(): Promise<void> {
@@ -247,13 +316,6 @@ export class Qcow2Image implements Image {
       throw new QcowError(
         "CORRUPT_METADATA",
         `Image ${this.filename} is corrupt; cannot be opened read/write`,
-      );
-    }
-    if ((h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
-      throw new QcowError(
-        "UNSUPPORTED_FEATURE",
-        `Image ${this.filename} is dirty: it needs a refcount repair before it can be written, ` +
-          "which is not supported yet (open it read-only)",
       );
     }
     this.#refcounts = await Refcounts.load({
@@ -420,7 +482,15 @@ export class Qcow2Image implements Image {
   async close(): Promise<void> {
     if (this.#closed) return;
     try {
-      if (!this.#readOnly) await this.flush();
+      if (!this.#readOnly) {
+        await this.flush();
+        if (this.#dirty && this.#lazy) {
+          // A clean close: refcounts written, then the dirty bit cleared.
+          await this.#refcounts!.flush();
+          await this.#device.flush();
+          await this.#writeFeatures(this.#header.incompatibleFeatures & ~INCOMPAT_DIRTY);
+        }
+      }
     } finally {
       this.#closed = true;
       this.#cache.clear();
@@ -445,6 +515,19 @@ export class Qcow2Image implements Image {
     this.#assertWritable();
     assertInside(offset, data.length, this.#size, this.filename);
     if (data.length === 0) return;
+    const host = this.#inPlaceHost(offset, data.length);
+    if (host >= 0) {
+      // Overwriting a cluster of our own: no metadata changes, so no cache work after it.
+      const wait = this.#lock.acquireExclusive();
+      if (wait) await wait;
+      try {
+        // Re-check: the mapping may have changed while waiting for the lock.
+        const now = wait ? this.#inPlaceHost(offset, data.length) : host;
+        if (now >= 0) return await this.#device.write(data, now);
+      } finally {
+        this.#lock.releaseExclusive();
+      }
+    }
     await this.#exclusive(async () => {
       const cs = this.#clusterSize;
       let done = 0;
@@ -622,7 +705,8 @@ export class Qcow2Image implements Image {
     this.#assertWritable();
     await this.#exclusive(async () => {
       await this.#cache.flush();
-      await this.#refcounts!.flush();
+      // With lazy refcounts a dirty image keeps its refcount updates in memory until close.
+      if (!this.#dirty) await this.#refcounts!.flush();
       await this.#device.flush();
     });
   }
@@ -688,6 +772,7 @@ export class Qcow2Image implements Image {
    * @returns The table's offset; fetch the table with `#table` after any await.
    */
   async #l2ForWrite(at: number): Promise<number> {
+    await this.#markDirty();
     const l1Index = Math.floor(at / this.#l2Span);
     if (l1Index >= this.#header.l1Size) {
       throw corrupt(`Offset ${at} lies beyond the L1 table (${this.#header.l1Size} entries)`);
@@ -783,6 +868,31 @@ export class Qcow2Image implements Image {
     }
     this.#cache.markDirty(l2Offset);
     if (!reuse) this.#releaseEntry(hi, lo);
+  }
+
+  /**
+   * Where `[offset, offset + length)` lies in the file when it falls inside one normal data cluster
+   * of this image (refcount 1, L2 table cached): a write there changes no metadata. Else -1.
+   */
+  #inPlaceHost(offset: number, length: number): number {
+    const cs = this.#clusterSize;
+    const within = offset % cs;
+    if (within + length > cs || this.#extended) return -1;
+    const l1Index = Math.floor(offset / this.#l2Span);
+    if (l1Index >= this.#header.l1Size) return -1;
+    const p = l1Index * 8;
+    const l1Hi = readU32(this.#l1, p);
+    const l2Offset = entryOffset(l1Hi, readU32(this.#l1, p + 4));
+    if (l2Offset === 0 || !entryCopied(l1Hi)) return -1;
+    const table = this.#cache.peek(l2Offset);
+    if (table === undefined) return -1;
+    const e = this.#l2Index(offset - within) * 8;
+    const hi = readU32(table, e);
+    const lo = readU32(table, e + 4);
+    if (standardKind(hi, lo) !== KIND_DATA || !entryCopied(hi)) return -1;
+    const host = entryOffset(hi, lo);
+    if (host % cs !== 0 || host >= MAX_SAFE_OFFSET - cs) return -1; // the slow path reports it
+    return host + within;
   }
 
   /** Whether the backing chain has data under the cluster at `start`. */
@@ -996,6 +1106,7 @@ export class Qcow2Image implements Image {
   async #growL1(entries: number): Promise<void> {
     const h = this.#header;
     if (entries <= h.l1Size) return;
+    await this.#markDirty();
     if (entries * 8 > MAX_L1_BYTES) {
       throw new QcowError(
         "TOO_LARGE",

@@ -74,6 +74,8 @@ export class Refcounts {
       capacity: Math.max(4, ctx.cacheCapacity),
       load: (offset, block) => this.#loadBlock(offset, block),
       store: (offset, block) => ctx.writeMetadata(offset, block, "refblock_update"),
+      // Durable before any L2 table that depends on these counts is written (as QEMU does).
+      sync: () => ctx.device.flush(),
     });
   }
 
