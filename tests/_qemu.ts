@@ -43,17 +43,45 @@ export const HAVE_QEMU: boolean = toolRuns("qemu-img") && toolRuns("qemu-io");
 
 const decoder = new TextDecoder();
 
-async function run(command: string, args: string[]): Promise<string> {
+/** What a finished tool printed, and its exit status. */
+export interface ToolRun {
+  /** Exit status. */
+  code: number;
+  /** Standard output. */
+  stdout: string;
+  /** Standard error. */
+  stderr: string;
+}
+
+/**
+ * Runs a command in the C locale without standard input and returns its status and output, failed
+ * or not.
+ *
+ * @param command The program, such as `qemu-img`.
+ * @param args Its arguments.
+ * @param cwd The working directory; default the current one.
+ * @returns Status and output.
+ */
+export async function runTool(command: string, args: string[], cwd?: string): Promise<ToolRun> {
   const output = await new Deno.Command(command, {
     args,
+    ...(cwd === undefined ? {} : { cwd }),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: { LC_ALL: "C" },
   }).output();
-  const stdout = decoder.decode(output.stdout);
-  const stderr = decoder.decode(output.stderr);
-  if (!output.success) {
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+async function run(command: string, args: string[]): Promise<string> {
+  const output = await runTool(command, args);
+  const { stdout, stderr } = output;
+  if (output.code !== 0) {
     throw new Error(`${command} ${args.join(" ")} failed (${output.code}):\n${stderr}${stdout}`);
   }
   // Warnings count as failures: a case that makes qemu-img warn is not testing what it says.

@@ -21,7 +21,7 @@ import {
 import { entryOffset } from "../drivers/qcow2/entries.ts";
 import { INCOMPAT_EXTENDED_L2, parseQcow2Header } from "../drivers/qcow2/header.ts";
 import { readRefcount, refcountsPerBlock, writeRefcount } from "../drivers/qcow2/refcount_math.ts";
-import { HAVE_QEMU, makeTempDir, seededRandom } from "./_qemu.ts";
+import { HAVE_QEMU, makeTempDir, runTool, seededRandom } from "./_qemu.ts";
 
 if (!HAVE_QEMU) {
   console.warn("qemu-img or qemu-io is not installed: skipping the check interoperability tests");
@@ -41,22 +41,8 @@ interface Run {
   stderr: string;
 }
 
-const decoder = new TextDecoder();
-
-async function tool(dir: string, command: string, args: string[]): Promise<Run> {
-  const output = await new Deno.Command(command, {
-    args,
-    cwd: dir,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).output();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+function tool(dir: string, command: string, args: string[]): Promise<Run> {
+  return runTool(command, args, dir);
 }
 
 /** Runs a command that must succeed; returns its standard output. */

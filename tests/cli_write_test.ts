@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
 import type { CliIo } from "../cli.ts";
-import { HAVE_QEMU, makeTempDir, qemuImg, qemuInfo, qemuIo, qemuMap } from "./_qemu.ts";
+import { HAVE_QEMU, makeTempDir, qemuImg, qemuInfo, qemuIo, qemuMap, runTool } from "./_qemu.ts";
 
 if (!HAVE_QEMU) console.warn("cli_write_test: qemu is missing; the tests that need it are skipped");
 
@@ -23,22 +23,10 @@ async function cli(...args: string[]): Promise<Run> {
   return run;
 }
 
-const decoder = new TextDecoder();
-
 /** Runs a QEMU tool and returns its status and output, failing or not. */
 async function qemu(command: string, ...args: string[]): Promise<Run> {
-  const output = await new Deno.Command(command, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).output();
-  return {
-    status: output.code,
-    out: decoder.decode(output.stdout),
-    err: decoder.decode(output.stderr),
-  };
+  const output = await runTool(command, args);
+  return { status: output.code, out: output.stdout, err: output.stderr };
 }
 
 /** Asserts that qemu-img finds the image clean and that two images read the same. */

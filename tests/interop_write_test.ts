@@ -26,7 +26,14 @@ import {
   optionsArbitrary,
   runScenario,
 } from "./_model.ts";
-import { firstDifference, HAVE_QEMU, makeTempDir, qemuImg, seededRandom } from "./_qemu.ts";
+import {
+  firstDifference,
+  HAVE_QEMU,
+  makeTempDir,
+  qemuImg,
+  runTool,
+  seededRandom,
+} from "./_qemu.ts";
 
 if (!HAVE_QEMU) {
   console.warn("qemu-img or qemu-io is not installed: skipping the qemu write interop tests");
@@ -151,16 +158,10 @@ function createOptionsOf(spec: DiffImage): CreateQcow2Options {
  */
 async function qemuIoUnsafe(path: string, commands: string[]): Promise<void> {
   const args = ["-t", "unsafe", "-f", "qcow2", ...commands.flatMap((c) => ["-c", c]), path];
-  const output = await new Deno.Command("qemu-io", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).output();
-  const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+  const output = await runTool("qemu-io", args);
+  const text = output.stdout + output.stderr;
   const failure = text.split("\n").find((line) => /failed|error/i.test(line));
-  if (!output.success || failure !== undefined) {
+  if (output.code !== 0 || failure !== undefined) {
     throw new Error(
       `qemu-io on ${path} failed (${output.code}): ${failure ?? text.slice(0, 2000)}`,
     );
