@@ -576,6 +576,7 @@ const resize: Command = async (args, io) => {
   const format = formatOption(values.format);
   // With its backing chain: growing over a longer backing file must zero what would show through.
   await using image = await openImage(path, { readOnly: false, ...(format ? { format } : {}) });
+  reportRepair(image, io);
   const size = sign === "+" ? image.size + amount : sign === "-" ? image.size - amount : amount;
   if (size < 0) fail("New image size must be positive");
   if (size < image.size && !values.shrink) {
@@ -1024,6 +1025,7 @@ const ioCommand: Command = async (args, io) => {
     readOnly: values["read-only"] === true,
     ...(format ? { format } : {}),
   });
+  reportRepair(image, io);
   let ok = true;
   for (const command of commands) ok = await runIoCommand(image, command, io) && ok;
   return ok ? 0 : 1;
@@ -1069,6 +1071,16 @@ const COMMANDS: Record<string, Command> = {
   compare,
   io: ioCommand,
 };
+
+/** Says on stderr that opening a dirty image for writing repaired it first, and how. */
+function reportRepair(image: Image, io: CliIo): void {
+  const result = image instanceof Qcow2Image ? image.repairResult : undefined;
+  if (!result) return;
+  io.stderr(
+    `Repaired dirty image ${image.filename}: ${result["leaks-fixed"] ?? 0} leaked clusters and ` +
+      `${result["corruptions-fixed"] ?? 0} corruptions fixed\n`,
+  );
+}
 
 function help(command: string, io: CliIo): number {
   io.stdout(HELP[command] ?? USAGE);

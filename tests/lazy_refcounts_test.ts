@@ -5,6 +5,7 @@ import { createQcow2 } from "../drivers/qcow2/create.ts";
 import { Qcow2Image } from "../drivers/qcow2/qcow2_image.ts";
 import { openImage } from "../drivers/open_image.ts";
 import { HAVE_QEMU, makeTempDir, qemuInfo } from "./_qemu.ts";
+import { main } from "../cli.ts";
 
 const MiB = 1024 * 1024;
 
@@ -98,4 +99,28 @@ Deno.test({
     assert.equal(repair.code, 0);
     assert.equal((await qemuInfo(path))["dirty-flag"], false);
   },
+});
+
+Deno.test("the CLI says on stderr when opening a dirty image repaired it", async () => {
+  await using dir = await makeTempDir();
+  const device = await lazyImage();
+  const image = await openImage(device, { readOnly: false });
+  await image.write(new Uint8Array(65536).fill(6), 0);
+  await image.flush();
+  const path = `${dir.path}/dirty.qcow2`;
+  await Deno.writeFile(path, device.toBytes());
+  await image.close();
+  let err = "";
+  let out = "";
+  const status = await main(["io", "-c", "read -P 6 0 64k", path], {
+    stdout: (t) => void (out += t),
+    stderr: (t) => void (err += t),
+    terminal: false,
+  });
+  assert.equal(status, 0, err);
+  assert.match(
+    err,
+    /^Repaired dirty image .*dirty\.qcow2: 0 leaked clusters and [1-9]\d* corruptions fixed\n$/,
+  );
+  assert.match(out, /read 65536\/65536 bytes at offset 0/);
 });
