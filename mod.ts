@@ -38,6 +38,7 @@ export {
   type ResizeOptions,
   type WriteZeroesOptions,
 } from "./drivers/qcow2/qcow2_image.ts";
+export type { OverlapCheck } from "./drivers/qcow2/overlap.ts";
 export * from "./drivers/qcow2/create.ts";
 export type {
   BitmapsExtension,

@@ -6,7 +6,8 @@
  * Every qcowlab read test issues exactly the offsets the matching `qemu-img bench` command issues
  * (see `qemuBenchOffsets`), one request at a time. qemu-img is shown at its default queue depth
  * (64) and at depth 1; the ratio column compares with depth 64, the command as written. The write
- * tests (`_write.ts`, which explains how they are timed) follow the same rules.
+ * tests (`_write.ts`, which explains how they are timed) follow the same rules. `_check.ts` then
+ * times `checkQcow2` against `qemu-img check` on fully allocated 4 GiB images.
  *
  * @module
  */
@@ -18,6 +19,7 @@ import { benchArgs, benchWrap, pickAio, qemuImgBench, qemuImgVersion, run } from
 import type { MemoryProbeResult } from "./_memory_probe.ts";
 import { formatFigure, loadAverage, log, median, printTable } from "./_report.ts";
 import { writeBench } from "./_write.ts";
+import { checkBench } from "./_check.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -371,6 +373,7 @@ async function main(): Promise<void> {
       await Deno.remove(p.qcow2);
     }
     const printWrites = await writeBench(dir, version);
+    const printChecks = await checkBench(dir);
 
     const deno = Deno.version.deno;
     console.log(
@@ -458,6 +461,7 @@ async function main(): Promise<void> {
     );
 
     printWrites();
+    printChecks();
 
     const rss = memory.rssAfter - memory.rssBefore;
     const heap = memory.heapAfter - memory.heapBefore;

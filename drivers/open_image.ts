@@ -10,7 +10,8 @@ import { isQcowError, QcowError } from "../core/errors.ts";
 import { FileDevice } from "../core/file_device.ts";
 import type { Image, ImageFormat } from "./image.ts";
 import { probeFormat } from "./probe.ts";
-import { Qcow2Image } from "./qcow2/qcow2_image.ts";
+import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2/qcow2_image.ts";
+import type { OverlapCheck } from "./qcow2/overlap.ts";
 import { RawImage } from "./raw.ts";
 import { resolveBackingPath } from "./backing_path.ts";
 
@@ -26,6 +27,11 @@ export interface OpenImageOptions {
   format?: ImageFormat;
   /** Open the top image for reading only; default true. Backing images are always read-only. */
   readOnly?: boolean;
+  /**
+   * For a writable qcow2 image: which metadata regions every write is checked against, like
+   * QEMU's overlap-check option ("none", "constant", "cached" (default), "all").
+   */
+  overlapCheck?: OverlapCheck;
   /** Open the backing chain; default true. Without it, unallocated ranges read as zeros. */
   backing?: boolean;
   /** Bytes of L2 tables each qcow2 image in the chain may cache (default: up to 32 MiB). */
@@ -42,6 +48,7 @@ export interface OpenImageOptions {
 const optionsSchema = z.object({
   format: z.enum(["raw", "qcow2"]).optional(),
   readOnly: z.boolean().optional(),
+  overlapCheck: z.enum(["none", "constant", "cached", "all"]).optional(),
   backing: z.boolean().optional(),
   l2CacheSize: z.number().int().min(0).optional(),
   maxChainDepth: z.number().int().min(1).max(4096).optional(),
@@ -105,10 +112,8 @@ async function openOne(
     const chosen = format ?? await probeFormat(device);
     if (chosen === "raw") return new RawImage(device, { ownsDevice: owns, readOnly });
     if (chosen === "qcow2") {
-      const qcowOptions: { ownsDevice: boolean; l2CacheSize?: number; readOnly: boolean } = {
-        ownsDevice: owns,
-        readOnly,
-      };
+      const qcowOptions: Qcow2OpenOptions = { ownsDevice: owns, readOnly };
+      if (options.overlapCheck !== undefined) qcowOptions.overlapCheck = options.overlapCheck;
       if (options.l2CacheSize !== undefined) qcowOptions.l2CacheSize = options.l2CacheSize;
       return await Qcow2Image.open(device, qcowOptions);
     }

@@ -76,7 +76,7 @@ function addReference(
   res: CheckCounts,
   offset: number,
   size: number,
-  shownOffset = `0x${offset.toString(16)}`,
+  shownOffset?: string,
 ): void {
   if (size <= 0) return;
   const cs = pass.image.clusterSize;
@@ -85,7 +85,7 @@ function addReference(
     message(
       pass,
       "ERROR: counting reference for region exceeding the end of the file by one cluster or more: " +
-        `offset ${shownOffset} size 0x${size.toString(16)}`,
+        `offset ${shownOffset ?? `0x${offset.toString(16)}`} size 0x${size.toString(16)}`,
     );
     res.corruptions++;
     if (pass.pastEnd.length < MAX_PAST_END) {

@@ -6,7 +6,7 @@
 
 import type { BlockDevice } from "../../core/block_device.ts";
 import { deflateRaw } from "pako";
-import { readU32, writeU32, writeU64 } from "../../core/bytes.ts";
+import { readU16, readU32, readU64, writeU32, writeU64 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
 import { RwLock } from "../../core/rw_lock.ts";
 import { TableCache } from "../../core/table_cache.ts";
@@ -34,7 +34,20 @@ import {
 import { Refcounts } from "./refcounts.ts";
 import { checkExitStatus, checkQcow2, type CheckResult } from "./check.ts";
 import { inflateCluster } from "./compressed.ts";
-import { checkSnapshotTable } from "./snapshots.ts";
+import { checkSnapshotTable, SNAPSHOT_ENTRY_BYTES } from "./snapshots.ts";
+import {
+  type OverlapCheck,
+  OverlapMap,
+  REGION_ACTIVE_L1,
+  REGION_ACTIVE_L2,
+  REGION_BITMAP_DIRECTORY,
+  REGION_HEADER,
+  REGION_INACTIVE_L1,
+  REGION_INACTIVE_L2,
+  REGION_REFCOUNT_BLOCK,
+  REGION_REFCOUNT_TABLE,
+  REGION_SNAPSHOT_TABLE,
+} from "./overlap.ts";
 import {
   compressedEntry,
   compressedLocation,
@@ -61,7 +74,31 @@ export interface Qcow2OpenOptions {
   ownsDevice?: boolean;
   /** Open for reading only; default true. */
   readOnly?: boolean;
+  /**
+   * Which metadata regions writes are checked against before they are made, as QEMU's
+   * `overlap-check` option: "none", "constant" (header, active L1, refcount table, snapshot
+   * table, bitmap directory), "cached" (adds active L2 tables, refcount blocks, snapshot L1
+   * tables; the default) or "all" (adds snapshot L2 tables). A write that would overlap marks
+   * the image corrupt and fails.
+   */
+  overlapCheck?: OverlapCheck;
 }
+
+/** The metadata kind each metadata write event updates (its own kind is not an overlap). */
+const EVENT_REGION: Record<string, number> = {
+  l2_update: REGION_ACTIVE_L2,
+  l1_update: REGION_ACTIVE_L1,
+  l1_grow_write_table: REGION_ACTIVE_L1,
+  l1_grow_activate_table: REGION_HEADER,
+  features_update: REGION_HEADER,
+  size_update: REGION_HEADER,
+  reftable_update: REGION_HEADER,
+  refblock_update: REGION_REFCOUNT_BLOCK,
+  refblock_alloc_write: REGION_REFCOUNT_BLOCK,
+  refblock_alloc_write_blocks: REGION_REFCOUNT_BLOCK,
+  refblock_alloc_hookup: REGION_REFCOUNT_TABLE,
+  refblock_alloc_write_table: REGION_REFCOUNT_TABLE,
+};
 
 /** Options for {@linkcode Qcow2Image.writeZeroes}. */
 export interface WriteZeroesOptions {
@@ -140,6 +177,11 @@ export class Qcow2Image implements Image {
   #compressedLength = 0;
   #compressedFailure: QcowError | undefined;
   #compressedData: Uint8Array;
+  /** Metadata clusters that writes must not touch (writable images only). */
+  #overlap: OverlapMap | undefined;
+  #overlapCheck: OverlapCheck;
+  /** Set once the image has been marked corrupt: it serves no more I/O. */
+  #corrupt = false;
 
   private constructor(
     device: BlockDevice,
@@ -159,6 +201,7 @@ export class Qcow2Image implements Image {
     this.#subclusterSize = this.#extended ? this.#clusterSize / 32 : this.#clusterSize;
     this.#size = Math.floor(header.size / 512) * 512;
     this.#readOnly = options.readOnly ?? true;
+    this.#overlapCheck = options.overlapCheck ?? "cached";
     const cacheBytes = options.l2CacheSize ??
       Math.min(DEFAULT_L2_CACHE_MAX, Math.max(header.l1Size, 1) * this.#clusterSize);
     this.#cache = new TableCache({
@@ -183,6 +226,13 @@ export class Qcow2Image implements Image {
   static async open(device: BlockDevice, options: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
     if (options.l2CacheSize !== undefined && !(options.l2CacheSize >= 0)) {
       throw new QcowError("INVALID_ARGUMENT", "l2CacheSize must be a non-negative number");
+    }
+    const check = options.overlapCheck;
+    if (check !== undefined && !["none", "constant", "cached", "all"].includes(check)) {
+      throw new QcowError(
+        "INVALID_ARGUMENT",
+        `overlapCheck must be "none", "constant", "cached" or "all", got ${String(check)}`,
+      );
     }
     const fileSize = device.size;
     const head = new Uint8Array(Math.min(104, fileSize));
@@ -334,10 +384,106 @@ export class Qcow2Image implements Image {
         await this.#device.flush();
         h.refcountTableOffset = offset;
         h.refcountTableClusters = clusters;
+        this.#overlap?.clear(REGION_REFCOUNT_TABLE);
+        this.#overlap?.add(REGION_REFCOUNT_TABLE, offset, clusters * this.#clusterSize);
       },
     });
+    await this.#buildOverlapMap();
     // L2 tables that point at newly counted clusters reach the disk after their refcounts.
     this.#cache.dependOn(this.#refcounts.cache);
+  }
+
+  /** Records where the metadata of a writable image lies, for the overlap checks. */
+  async #buildOverlapMap(): Promise<void> {
+    const map = new OverlapMap(this.#clusterBits, this.#overlapCheck);
+    if (!map.enabled) return;
+    const h = this.#header;
+    const cs = this.#clusterSize;
+    map.add(REGION_HEADER, 0, cs);
+    map.add(REGION_ACTIVE_L1, h.l1TableOffset, h.l1Size * 8);
+    if (map.tracks(REGION_ACTIVE_L2)) {
+      for (let p = 0; p < this.#l1.length; p += 8) {
+        const l2 = entryOffset(readU32(this.#l1, p), readU32(this.#l1, p + 4));
+        if (l2 !== 0) map.add(REGION_ACTIVE_L2, l2, cs);
+      }
+    }
+    const refcounts = this.#refcounts!;
+    map.add(REGION_REFCOUNT_TABLE, refcounts.tableOffset, refcounts.tableClusters * cs);
+    if (map.tracks(REGION_REFCOUNT_BLOCK)) {
+      for (const block of refcounts.blockOffsets) {
+        if (block !== 0) map.add(REGION_REFCOUNT_BLOCK, block, cs);
+      }
+    }
+    if (h.bitmaps) {
+      map.add(REGION_BITMAP_DIRECTORY, h.bitmaps.directoryOffset, h.bitmaps.directorySize);
+    }
+    // The snapshot table, and the L1 (and L2) tables of the snapshots.
+    const fileSize = this.#device.size;
+    let at = h.snapshotsOffset;
+    const l1s: [number, number][] = [];
+    for (let i = 0; i < h.nbSnapshots; i++) {
+      at = Math.ceil(at / 8) * 8;
+      const entry = new Uint8Array(SNAPSHOT_ENTRY_BYTES);
+      const available = Math.min(SNAPSHOT_ENTRY_BYTES, fileSize - at);
+      if (available > 0) await this.#device.read(entry.subarray(0, available), at);
+      l1s.push([readU64(entry, 0), readU32(entry, 8)]);
+      at += SNAPSHOT_ENTRY_BYTES + readU32(entry, 36) + readU16(entry, 12) + readU16(entry, 14);
+    }
+    map.add(REGION_SNAPSHOT_TABLE, h.snapshotsOffset, at - h.snapshotsOffset);
+    for (const [offset, entries] of l1s) {
+      map.add(REGION_INACTIVE_L1, offset, entries * 8);
+      if (!map.tracks(REGION_INACTIVE_L2) || entries === 0) continue;
+      if (offset % cs !== 0 || offset + entries * 8 > fileSize || entries * 8 > MAX_L1_BYTES) {
+        continue;
+      }
+      const table = new Uint8Array(entries * 8);
+      await this.#device.read(table, offset);
+      for (let p = 0; p < table.length; p += 8) {
+        const l2 = entryOffset(readU32(table, p), readU32(table, p + 4));
+        if (l2 !== 0) map.add(REGION_INACTIVE_L2, l2, cs);
+      }
+    }
+    this.#overlap = map;
+  }
+
+  /**
+   * Refuses a write of `bytes` at host `offset` that would land on metadata (other than the kind
+   * in `own`, a bit mask): the image is marked corrupt and stops serving I/O.
+   */
+  async #checkOverlap(offset: number, bytes: number, own: number): Promise<void> {
+    const map = this.#overlap;
+    if (this.#corrupt) throw corrupt(`Image ${this.filename} is corrupt`);
+    if (map === undefined) return;
+    const hit = map.check(offset, bytes, own);
+    if (hit !== undefined) {
+      await this.#signalCorruption(`Preventing invalid write on metadata (overlaps with ${hit})`);
+    }
+  }
+
+  /**
+   * Marks the image corrupt (the incompatible bit, made durable), refuses further I/O on it, and
+   * fails with `message`.
+   */
+  async #signalCorruption(message: string): Promise<never> {
+    if (!this.#corrupt) {
+      this.#corrupt = true;
+      const bits = this.#header.incompatibleFeatures | INCOMPAT_CORRUPT;
+      const field = new Uint8Array(8);
+      writeU64(field, 0, Number(bits));
+      try {
+        await this.#device.write(field, 72);
+        await this.#device.flush();
+        this.#header.incompatibleFeatures = bits;
+      } catch {
+        // The request fails anyway; the image refuses I/O from now on.
+      }
+    }
+    throw corrupt(`Marking image as corrupt: ${message}`);
+  }
+
+  /** Whether the image has been marked corrupt while open (it then refuses all I/O). */
+  get corrupt(): boolean {
+    return this.#corrupt;
   }
 
   /** Always "qcow2". */
@@ -482,7 +628,8 @@ export class Qcow2Image implements Image {
   async close(): Promise<void> {
     if (this.#closed) return;
     try {
-      if (!this.#readOnly) {
+      // A corrupt image writes nothing more, not even its cached metadata.
+      if (!this.#readOnly && !this.#corrupt) {
         await this.flush();
         if (this.#dirty && this.#lazy) {
           // A clean close: refcounts written, then the dirty bit cleared.
@@ -522,8 +669,14 @@ export class Qcow2Image implements Image {
       if (wait) await wait;
       try {
         // Re-check: the mapping may have changed while waiting for the lock.
+        this.#assertOpen();
         const now = wait ? this.#inPlaceHost(offset, data.length) : host;
-        if (now >= 0) return await this.#device.write(data, now);
+        if (now >= 0) {
+          if (this.#overlap?.check(now, data.length) !== undefined) {
+            await this.#checkOverlap(now, data.length, 0);
+          }
+          return await this.#device.write(data, now);
+        }
       } finally {
         this.#lock.releaseExclusive();
       }
@@ -750,9 +903,18 @@ export class Qcow2Image implements Image {
   }
 
   /** Writes metadata; the one place every metadata write goes through. */
-  #writeMetadata(offset: number, data: Uint8Array, _event: string): Promise<void> {
+  async #writeMetadata(offset: number, data: Uint8Array, event: string): Promise<void> {
+    const own = EVENT_REGION[event];
+    if (this.#corrupt) throw corrupt("Image is corrupt");
+    if (this.#overlap !== undefined) {
+      await this.#checkOverlap(offset, data.length, own === undefined ? 0 : 1 << own);
+      if (own === REGION_REFCOUNT_BLOCK && event !== "refblock_update") {
+        // A new refcount block, about to be hooked into the table.
+        this.#overlap.add(REGION_REFCOUNT_BLOCK, offset, data.length);
+      }
+    }
     this.#forgetDecompressed();
-    return this.#device.write(data, offset);
+    await this.#device.write(data, offset);
   }
 
   /**
@@ -782,11 +944,11 @@ export class Qcow2Image implements Image {
     const lo = readU32(this.#l1, p + 4);
     const old = entryOffset(hi, lo);
     if (old !== 0 && entryCopied(hi)) {
-      await this.#loadL2(old, l1Index);
+      await this.#loadL2ForWrite(old, l1Index);
       return old;
     }
     let copy: Uint8Array | undefined;
-    if (old !== 0) copy = (await this.#loadL2(old, l1Index)).slice();
+    if (old !== 0) copy = (await this.#loadL2ForWrite(old, l1Index)).slice();
     const fresh = await this.#refcounts!.allocate(1);
     const table = await this.#cache.create(fresh);
     if (copy) table.set(copy);
@@ -798,8 +960,36 @@ export class Qcow2Image implements Image {
     await this.#writeMetadata(this.#header.l1TableOffset + p, entry, "l1_update");
     await this.#device.flush();
     this.#l1.set(entry, p);
-    if (old !== 0) this.#pendingFrees.push([old, this.#clusterSize]);
+    if (old !== 0) {
+      this.#overlap?.remove(REGION_ACTIVE_L2, old, this.#clusterSize);
+      this.#pendingFrees.push([old, this.#clusterSize]);
+    }
+    this.#overlap?.add(REGION_ACTIVE_L2, fresh, this.#clusterSize);
     return fresh;
+  }
+
+  /** Loads an L2 table a write goes through; inconsistent metadata marks the image corrupt. */
+  async #loadL2ForWrite(l2Offset: number, l1Index: number): Promise<Uint8Array> {
+    try {
+      return await this.#loadL2(l2Offset, l1Index);
+    } catch (error) {
+      if (error instanceof QcowError && error.code === "CORRUPT_METADATA" && !this.#corrupt) {
+        return await this.#signalCorruption(error.message);
+      }
+      throw error;
+    }
+  }
+
+  /** {@linkcode #checkCluster} for a write: an inconsistent entry marks the image corrupt. */
+  async #checkClusterForWrite(host: number, l2Offset: number, index: number): Promise<void> {
+    try {
+      this.#checkCluster(host, l2Offset, index);
+    } catch (error) {
+      if (error instanceof QcowError && error.code === "CORRUPT_METADATA") {
+        await this.#signalCorruption(error.message);
+      }
+      throw error;
+    }
   }
 
   /** The cached L2 table at `l2Offset` (loading it again if it was evicted). */
@@ -813,6 +1003,7 @@ export class Qcow2Image implements Image {
   }
 
   async #writeData(data: Uint8Array, host: number): Promise<void> {
+    await this.#checkOverlap(host, data.length, 0);
     this.#forgetDecompressed();
     await this.#device.write(data, host);
   }
@@ -835,7 +1026,9 @@ export class Qcow2Image implements Image {
       ? (entryOffset(hi, lo) === 0 ? KIND_UNALLOCATED : KIND_COMPRESSED)
       : standardKind(hi, lo);
     const host = entryOffset(hi, lo);
-    if (host !== 0 && kind !== KIND_COMPRESSED) this.#checkCluster(host, l2Offset, index);
+    if (host !== 0 && kind !== KIND_COMPRESSED) {
+      await this.#checkClusterForWrite(host, l2Offset, index);
+    }
     if (kind === KIND_DATA && entryCopied(hi)) {
       await this.#writeData(chunk, host + within);
       return;
@@ -916,7 +1109,7 @@ export class Qcow2Image implements Image {
     let table = await this.#table(l2Offset);
     const e = index * 16;
     let host = entryOffset(readU32(table, e), readU32(table, e + 4));
-    if (host !== 0) this.#checkCluster(host, l2Offset, index);
+    if (host !== 0) await this.#checkClusterForWrite(host, l2Offset, index);
     const fresh = host === 0;
     if (fresh) host = await this.#refcounts!.allocate(1);
     if (within === regionStart && chunk.length === regionLength) {
@@ -1136,6 +1329,8 @@ export class Qcow2Image implements Image {
     await this.#writeMetadata(36, fields, "l1_grow_activate_table");
     await this.#device.flush();
     if (moving && oldClusters > 0) this.#pendingFrees.push([h.l1TableOffset, oldClusters * cs]);
+    this.#overlap?.remove(REGION_ACTIVE_L1, h.l1TableOffset, oldBytes);
+    this.#overlap?.add(REGION_ACTIVE_L1, offset, entries * 8);
     h.l1Size = entries;
     h.l1TableOffset = offset;
     this.#l1 = l1;
@@ -1143,6 +1338,7 @@ export class Qcow2Image implements Image {
 
   #assertOpen(): void {
     if (this.#closed) throw new QcowError("CLOSED", `Image ${this.filename} is closed`);
+    if (this.#corrupt) throw corrupt("Image is corrupt");
   }
 
   /** Maps the run starting at virtual offset `at`, at most `max` bytes, within one L2 table. */
