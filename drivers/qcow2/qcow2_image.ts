@@ -142,17 +142,17 @@ function hex(n: number): string {
  *
  * Most code opens images with {@linkcode openImage}, which also opens the backing chain.
  *
- * @example Reading a qcow2 image held in memory
+ * @example Writing and reading a qcow2 image held in memory
  * ```ts
- * import { MemoryDevice, Qcow2Image } from "@qcowlab/qcowlab";
+ * import { createQcow2, MemoryDevice, Qcow2Image } from "@qcowlab/qcowlab";
  *
- * const path = new URL("./testdata/small.qcow2", import.meta.url);
- * const bytes = await Deno.readFile(path).catch(() => undefined);
- * if (bytes) {
- *   await using image = await Qcow2Image.open(MemoryDevice.from(bytes));
- *   const head = new Uint8Array(512);
- *   await image.read(head, 0);
- * }
+ * const device = new MemoryDevice();
+ * await createQcow2(device, { size: 16 * 1024 * 1024 });
+ * await using image = await Qcow2Image.open(device, { readOnly: false });
+ * await image.write(new Uint8Array(512).fill(0xab), 4096);
+ * const sector = new Uint8Array(512);
+ * await image.read(sector, 4096);
+ * console.log(sector[0]); // 171
  * ```
  */
 export class Qcow2Image implements Image {
