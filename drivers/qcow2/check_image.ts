@@ -7,6 +7,7 @@
  * @module
  */
 
+import { REGION_NAMES } from "./overlap.ts";
 import type { BlockDevice } from "../../core/block_device.ts";
 import { readU32, writeU32, writeU64 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
@@ -29,18 +30,6 @@ import { maxRefcount, readRefcount, refcountsPerBlock } from "./refcount_math.ts
 /** Autoclear bit 0: the bitmaps extension is valid. */
 const AUTOCLEAR_BITMAPS = 1n;
 
-/** QEMU's metadata overlap classes, by bit number; the names are those its messages use. */
-export const OVERLAP_NAMES = [
-  "qcow2_header",
-  "active L1 table",
-  "active L2 table",
-  "refcount table",
-  "refcount block",
-  "snapshot table",
-  "inactive L1 table",
-  "inactive L2 table",
-  "bitmap directory",
-] as const;
 /** The image header (the first cluster). */
 export const OL_MAIN_HEADER = 1 << 0;
 /** The active L1 table. */
@@ -488,7 +477,7 @@ export class CheckImage {
   async writeChecked(ignore: number, offset: number, data: Uint8Array): Promise<boolean> {
     const hit = this.overlap(ignore, offset, data.length);
     if (hit !== 0) {
-      const name = OVERLAP_NAMES[Math.log2(hit)]!;
+      const name = REGION_NAMES[Math.log2(hit)]!;
       await this.signalCorruption(
         true,
         `Preventing invalid write on metadata (overlaps with ${name})`,
