@@ -1,95 +1,67 @@
 /**
- * The demo behind `deno task demo`: builds a small qcow2 image in memory, byte by byte, then shows
- * what qcowlab makes of it (info, map, reads, a streamed digest). Needs no files and no qemu-img.
+ * The demo behind `deno task demo`: creates a qcow2 image in memory, writes to it the ways a guest
+ * can (data, compressed clusters, zeroes, discards), checks it the way `qemu-img check` does, and
+ * shows what qcowlab makes of it. Needs no files and no qemu-img.
  *
  * @module
  */
 
-import { deflateSync } from "fflate";
-import { writeU32, writeU64 } from "./core/bytes.ts";
 import { MemoryDevice } from "./core/memory_device.ts";
 import { formatSize } from "./core/format_size.ts";
 import { imageStream } from "./drivers/image_stream.ts";
 import { mapImage } from "./drivers/map_image.ts";
 import { openImage } from "./drivers/open_image.ts";
+import { createQcow2 } from "./drivers/qcow2/create.ts";
+import { checkQcow2, formatCheckReport } from "./drivers/qcow2/check.ts";
 
-const CLUSTER = 64 * 1024;
-const SIZE = 4 * 1024 * 1024;
-
-/** Lays out a version 3 image: header, refcount table and block, L1, L2, two data clusters. */
-function buildImage(): Uint8Array {
-  const image = new Uint8Array(7 * CLUSTER);
-  const h = image;
-  writeU32(h, 0, 0x514649fb); // magic
-  writeU32(h, 4, 3); // version
-  writeU32(h, 20, 16); // cluster_bits: 64 KiB
-  writeU64(h, 24, SIZE);
-  writeU32(h, 36, 1); // l1_size
-  writeU64(h, 40, 3 * CLUSTER); // l1_table_offset
-  writeU64(h, 48, 1 * CLUSTER); // refcount_table_offset
-  writeU32(h, 56, 1); // refcount_table_clusters
-  writeU32(h, 96, 4); // refcount_order: 16-bit refcounts
-  writeU32(h, 100, 112); // header_length
-  // Refcount table -> block at cluster 2; block: clusters 0..6 are in use once.
-  writeU64(image, CLUSTER, 2 * CLUSTER);
-  for (let c = 0; c < 7; c++) image[2 * CLUSTER + c * 2 + 1] = 1;
-  // L1 -> L2 at cluster 4 (COPIED).
-  writeU32(image, 3 * CLUSTER, 0x80000000);
-  writeU32(image, 3 * CLUSTER + 4, 4 * CLUSTER);
-  const l2 = 4 * CLUSTER;
-  // Guest cluster 0: data at host cluster 5, filled with a pattern.
-  writeU32(image, l2, 0x80000000);
-  writeU32(image, l2 + 4, 5 * CLUSTER);
-  for (let i = 0; i < CLUSTER; i++) image[5 * CLUSTER + i] = (i * 31) & 0xff;
-  // Guest cluster 2: reads as zeros (v3 zero flag, no host cluster).
-  writeU32(image, l2 + 2 * 8 + 4, 1);
-  // Guest cluster 5: compressed, stored at host cluster 6.
-  const text = new TextEncoder().encode("qcowlab compressed cluster. ".repeat(2341)).subarray(
-    0,
-    CLUSTER,
-  );
-  const packed = deflateSync(text, { level: 9 });
-  image.set(packed, 6 * CLUSTER);
-  const sectors = Math.ceil(packed.length / 512) - 1;
-  const shift = 70 - 16 - 32; // where the sector count starts in the high word
-  writeU32(image, l2 + 5 * 8, 0x40000000 | (sectors << shift));
-  writeU32(image, l2 + 5 * 8 + 4, 6 * CLUSTER);
-  return image;
-}
+const KiB = 1024;
+const MiB = 1024 * KiB;
 
 async function demo(): Promise<void> {
-  const device = MemoryDevice.from(buildImage(), { name: "demo.qcow2" });
-  await using image = await openImage(device);
-  const info = image.info();
+  const device = new MemoryDevice({ name: "demo.qcow2" });
+  await createQcow2(device, { size: 64 * MiB, clusterSize: 64 * KiB, lazyRefcounts: true });
+
+  const image = await openImage(device, { readOnly: false });
+  const text = new TextEncoder().encode("qcowlab compressed cluster. ".repeat(5000));
+  await image.write(new Uint8Array(100 * KiB).map((_, i) => (i * 31) & 0xff), 4 * KiB);
+  await image.writeCompressed(text.subarray(0, 128 * KiB), 1 * MiB);
+  await image.writeZeroes(2 * MiB, 256 * KiB);
+  await image.write(new Uint8Array(64 * KiB).fill(0xee), 3 * MiB);
+  await image.discard(3 * MiB, 64 * KiB);
+  await image.flush();
+  const dirty = image.info()["dirty-flag"];
+  await image.close();
+
+  await using reader = await openImage(device);
+  const info = reader.info();
   console.log(
-    `Built ${info.filename} in memory: ${info.format} v3, ${
-      formatSize(info["virtual-size"])
-    } virtual, ${formatSize(device.size)} on its device, ${info["cluster-size"]}-byte clusters\n`,
+    `Created ${info.filename} in memory: qcow2 v3 with lazy refcounts, ` +
+      `${formatSize(info["virtual-size"])} virtual, ${formatSize(device.size)} on its device`,
   );
+  console.log(`dirty while open: ${dirty}; after a clean close: ${info["dirty-flag"]}\n`);
 
   console.log("map (like qemu-img map --output json):");
-  for (const { filename: _, ...entry } of await mapImage(image)) {
+  for (const { filename: _, ...entry } of await mapImage(reader)) {
     console.log(" ", JSON.stringify(entry));
   }
 
   const sample = new Uint8Array(8);
-  await image.read(sample, 100);
-  console.log(`\nread 8 bytes at 100:           ${[...sample].join(" ")}`);
-  await image.read(sample, 5 * CLUSTER);
+  await reader.read(sample, 4 * KiB + 100);
+  console.log(`\nread 8 bytes at 0x1064:    ${[...sample].join(" ")}`);
+  await reader.read(sample, 1 * MiB);
   console.log(
-    `read 8 bytes at 0x50000:       ${
-      JSON.stringify(new TextDecoder().decode(sample))
-    } (compressed cluster)`,
+    `read 8 bytes at 0x100000:  ${JSON.stringify(new TextDecoder().decode(sample))} (compressed)`,
   );
-  await image.read(sample, 2 * CLUSTER);
-  console.log(`read 8 bytes at 0x20000:       ${[...sample].join(" ")} (zero cluster)`);
+  await reader.read(sample, 3 * MiB);
+  console.log(`read 8 bytes at 0x300000:  ${[...sample].join(" ")} (discarded)`);
 
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    await new Response(imageStream(image)).arrayBuffer(),
-  );
-  const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-  console.log(`sha256 of the virtual disk:    ${hex}`);
+  const bytes = await new Response(imageStream(reader)).arrayBuffer();
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  const hex = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  console.log(`sha256 of the virtual disk: ${hex}\n`);
+
+  console.log("check (like qemu-img check):");
+  console.log(formatCheckReport(await checkQcow2(device)).trimEnd());
 }
 
 if (import.meta.main) await demo();
