@@ -22,7 +22,6 @@ export * from "./core/errors.ts";
 export * from "./core/block_device.ts";
 export * from "./core/memory_device.ts";
 export * from "./core/file_device.ts";
-export * from "./core/lru_cache.ts";
 export * from "./core/table_cache.ts";
 export * from "./core/rw_lock.ts";
 export * from "./drivers/image.ts";

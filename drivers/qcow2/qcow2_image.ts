@@ -51,6 +51,7 @@ import {
 import {
   compressedEntry,
   compressedLocation,
+  entryCompressed,
   entryCopied,
   entryOffset,
   hostHi,
@@ -893,7 +894,7 @@ export class Qcow2Image implements Image {
 
   /** Schedules the host storage an L2 entry referred to for freeing. */
   #releaseEntry(hi: number, lo: number): void {
-    if ((hi & 0x40000000) !== 0) {
+    if (entryCompressed(hi)) {
       const location = compressedLocation(hi, lo, this.#clusterBits);
       this.#pendingFrees.push([location.offset, location.length]);
       return;
@@ -1017,7 +1018,7 @@ export class Qcow2Image implements Image {
     const hi = readU32(table, e);
     const lo = readU32(table, e + 4);
     if (
-      this.#extended && (hi & 0x40000000) === 0 && (entryOffset(hi, lo) === 0 || entryCopied(hi))
+      this.#extended && !entryCompressed(hi) && (entryOffset(hi, lo) === 0 || entryCopied(hi))
     ) {
       return this.#writeSubclusters(start, within, chunk, l2Offset, index);
     }
@@ -1235,7 +1236,7 @@ export class Qcow2Image implements Image {
     const hi = readU32(table, e);
     const lo = readU32(table, e + 4);
     const host = entryOffset(hi, lo);
-    const compressed = (hi & 0x40000000) !== 0;
+    const compressed = entryCompressed(hi);
     const allocated = host !== 0 || compressed;
     if (this.#extended && mode === "discard") {
       // The whole cluster: every subcluster reads as zeros, and the host cluster goes.
@@ -1443,7 +1444,7 @@ export class Qcow2Image implements Image {
       const bHi = readU32(table, e + 8);
       const bLo = readU32(table, e + 12);
       const base = entryOffset(hi, lo);
-      if (base !== 0 && (hi & 0x40000000) === 0) this.#checkCluster(base, l2Offset, i);
+      if (base !== 0 && !entryCompressed(hi)) this.#checkCluster(base, l2Offset, i);
       for (; sub < 32 && length < limit; sub++) {
         const kind = subclusterKind(hi, lo, bHi, bLo, sub);
         if (kind === KIND_INVALID) {
