@@ -1,0 +1,195 @@
+/**
+ * `cli.ts convert`: an image's contents copied to a new raw or qcow2 image, as qemu-img convert does.
+ *
+ * @module
+ */
+
+import { isZero } from "../core/bytes.ts";
+import { FileDevice } from "../core/file_device.ts";
+import { Progress } from "../core/progress.ts";
+import type { Image } from "../drivers/image.ts";
+import { mapImage } from "../drivers/map_image.ts";
+import { createQcow2, type CreateQcow2Options } from "../drivers/qcow2/create.ts";
+import { Qcow2Image } from "../drivers/qcow2/qcow2_image.ts";
+import {
+  type CliCommand,
+  fail,
+  formatOption,
+  list,
+  open,
+  parse,
+  roundUp512,
+  showHelp,
+} from "./_common.ts";
+import {
+  imageOptions,
+  keyValues,
+  QCOW2_OPTION_HELP,
+  RAW_OPTION_HELP,
+  validateQcow2,
+} from "./_create_options.ts";
+
+const HELP = `Usage: cli.ts convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-q] SRC DST
+
+Writes the virtual contents of SRC (with its backing chain) to DST, skipping ranges that read as
+zeros: a sparse raw file, or a new qcow2 image without a backing file.
+  -f, --format FMT     the source's format; probed when omitted
+  -O FMT               the output format: raw (default) or qcow2
+  -c, --compress       write qcow2 data clusters compressed
+  -o OPTIONS           qcow2 create options for DST, as for create (no size or backing file)
+  -q, --quiet          no progress output (progress: a bar on a terminal, plain lines otherwise)
+`;
+
+const CONVERT_CHUNK = 1024 * 1024;
+
+/** Where convert writes: in runs of whole `granularity`-sized pieces (the last may be short). */
+interface ConvertTarget extends AsyncDisposable {
+  granularity: number;
+  write(data: Uint8Array, at: number): Promise<void>;
+  finish(): Promise<void>;
+}
+
+/**
+ * Copies every non-zero `granularity`-sized piece of `image` to `target`, reading only what the
+ * map says may hold data: like qemu-img convert, zero ranges are skipped, not written.
+ */
+async function copyNonZero(image: Image, target: ConvertTarget, progress: Progress): Promise<void> {
+  const g = target.granularity;
+  const chunkSize = Math.max(CONVERT_CHUNK, g);
+  const buffer = new Uint8Array(chunkSize);
+  // Entries rounded out to whole pieces may overlap; nothing below `copied` is read twice.
+  let copied = 0;
+  for (const entry of await mapImage(image)) {
+    const end = entry.start + entry.length;
+    if (!entry.zero) {
+      const stop = Math.min(image.size, Math.ceil(end / g) * g);
+      for (let at = Math.max(copied, entry.start - (entry.start % g)); at < stop;) {
+        const chunk = buffer.subarray(0, Math.min(chunkSize, stop - at));
+        await image.read(chunk, at);
+        await writeNonZeroRuns(chunk, at, target);
+        at += chunk.length;
+        progress.update(at);
+      }
+      copied = Math.max(copied, stop);
+    }
+    progress.update(end);
+  }
+}
+
+async function writeNonZeroRuns(
+  chunk: Uint8Array,
+  at: number,
+  target: ConvertTarget,
+): Promise<void> {
+  const g = target.granularity;
+  let run = -1;
+  for (let i = 0; i < chunk.length; i += g) {
+    const zero = isZero(chunk.subarray(i, i + g));
+    if (!zero && run < 0) run = i;
+    if (zero && run >= 0) {
+      await target.write(chunk.subarray(run, i), at + run);
+      run = -1;
+    }
+  }
+  if (run >= 0) await target.write(chunk.subarray(run), at + run);
+}
+
+/** A sparse raw file: pieces of 4 KiB, qemu-img convert's default sparse size. */
+async function rawTarget(path: string, size: number): Promise<ConvertTarget> {
+  const device = FileDevice.open(path, { readOnly: false, create: true, truncate: true });
+  try {
+    await device.truncate(size);
+  } catch (error) {
+    await device.close();
+    throw error;
+  }
+  return {
+    granularity: 4096,
+    write: (data, at) => device.write(data, at),
+    finish: () => device.flush(),
+    [Symbol.asyncDispose]: () => device.close(),
+  };
+}
+
+/** A new qcow2 image, written a cluster at a time, compressed with `compress`. */
+async function qcow2Target(
+  path: string,
+  options: CreateQcow2Options,
+  compress: boolean,
+): Promise<ConvertTarget> {
+  validateQcow2(path, options);
+  const device = FileDevice.open(path, { readOnly: false, create: true, truncate: true });
+  let image: Qcow2Image;
+  try {
+    await createQcow2(device, options);
+    image = await Qcow2Image.open(device, { readOnly: false, ownsDevice: true });
+  } catch (error) {
+    await device.close();
+    throw error;
+  }
+  // A source that ends inside a cluster (a raw file of odd size) leaves a short last piece;
+  // compressed writes need it padded to the cluster's end or the image's.
+  const cs = image.clusterSize;
+  const wholeClusters = (data: Uint8Array, at: number): Uint8Array => {
+    const end = Math.min(image.size, at + Math.ceil(data.length / cs) * cs);
+    if (at + data.length === end) return data;
+    const padded = new Uint8Array(end - at);
+    padded.set(data);
+    return padded;
+  };
+  return {
+    granularity: cs,
+    write: compress
+      ? (data, at) => image.writeCompressed(wholeClusters(data, at), at)
+      : (data, at) => image.write(data, at),
+    finish: () => image.flush(),
+    [Symbol.asyncDispose]: () => image.close(),
+  };
+}
+
+const convertRun: CliCommand["run"] = async (args, io) => {
+  const { values, positionals } = parse(args, {
+    format: { type: "string", short: "f" },
+    O: { type: "string", short: "O" },
+    compress: { type: "boolean", short: "c" },
+    options: { type: "string", short: "o", multiple: true },
+    quiet: { type: "boolean", short: "q" },
+  });
+  if (values.help) return showHelp(HELP, io);
+  const outFormat = formatOption(values.O) ?? "raw";
+  const options = imageOptions(keyValues(list(values.options)), outFormat);
+  if (options.given.has("help")) {
+    io.stdout(outFormat === "raw" ? RAW_OPTION_HELP : QCOW2_OPTION_HELP);
+    return 0;
+  }
+  for (const key of ["size", "backing_file", "backing_fmt"]) {
+    if (options.given.has(key)) fail(`Option '${key}' is not supported by convert`);
+  }
+  if (values.compress && outFormat === "raw") {
+    fail("Compression not supported for this file format");
+  }
+  if (positionals.length !== 2) fail(`Expected SRC and DST, got ${positionals.length} paths`);
+  const [src, dst] = positionals as [string, string];
+  await using image = await open(src, formatOption(values.format));
+  const compress = values.compress === true;
+  await using target = outFormat === "raw"
+    ? await rawTarget(dst, image.size)
+    : await qcow2Target(dst, { ...options.qcow2, size: roundUp512(image.size) }, compress);
+  const progress = new Progress(image.size, {
+    label: "convert",
+    terminal: io.terminal,
+    write: io.stderr,
+    quiet: values.quiet === true,
+  });
+  await copyNonZero(image, target, progress);
+  await target.finish();
+  progress.done();
+  return 0;
+};
+
+/** `cli.ts convert`. */
+export const convertCommand: CliCommand = {
+  name: "convert",
+  summary: "copy an image to raw or qcow2 (like qemu-img convert)",
+  run: convertRun,
+};
