@@ -17,14 +17,19 @@
  * @module
  */
 
+import { amendCommand } from "./cli/amend.ts";
 import { compareCommand } from "./cli/compare.ts";
 import { checkCommand } from "./cli/check.ts";
 import { convertCommand } from "./cli/convert.ts";
+import { crashCommand } from "./cli/crash.ts";
+import { emulateCommand } from "./cli/emulate.ts";
 import { createCommand } from "./cli/create.ts";
 import { infoCommand } from "./cli/info.ts";
 import { ioCommand } from "./cli/io.ts";
 import { mapCommand } from "./cli/map.ts";
 import { resizeCommand } from "./cli/resize.ts";
+import { snapshotCommand } from "./cli/snapshot.ts";
+import { vectorsCommand } from "./cli/vectors.ts";
 import { type CliCommand, type CliIo, report } from "./cli/_common.ts";
 
 export type { CliIo } from "./cli/_common.ts";
@@ -34,11 +39,16 @@ const COMMANDS: readonly CliCommand[] = [
   infoCommand,
   mapCommand,
   checkCommand,
+  amendCommand,
   createCommand,
   resizeCommand,
   convertCommand,
   compareCommand,
+  crashCommand,
+  emulateCommand,
+  snapshotCommand,
   ioCommand,
+  vectorsCommand,
 ];
 
 const encoder = new TextEncoder();

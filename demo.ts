@@ -1,67 +1,57 @@
 /**
- * The demo behind `deno task demo`: creates a qcow2 image in memory, writes to it the ways a guest
- * can (data, compressed clusters, zeroes, discards), checks it the way `qemu-img check` does, and
- * shows what qcowlab makes of it. Needs no files and no qemu-img.
+ * The demo behind `deno task demo`: crash exploration of a qcow2 image in memory. A seeded random
+ * workload (writes, zero writes, discards, compressed writes, resizes, flushes) runs on a 64 MiB
+ * image while every write and flush is recorded; then the crash states a disk could be left in
+ * (every prefix of the log, subsets of the writes since the last flush, torn writes) are rebuilt,
+ * checked, opened (a dirty image is repaired), read back and checked again, against the crash
+ * invariants. It runs once with lazy refcounts off and once with them on, and prints a summary
+ * table for each, with a shrunk reproducer for the first violation found. Needs no files and no
+ * qemu-img, and takes a few seconds (under 30 on a busy 2-core machine).
  *
  * @module
  */
 
-import { MemoryDevice } from "./core/memory_device.ts";
-import { formatSize } from "./core/format_size.ts";
-import { imageStream } from "./drivers/image_stream.ts";
-import { mapImage } from "./drivers/map_image.ts";
-import { openImage } from "./drivers/open_image.ts";
-import { createQcow2 } from "./drivers/qcow2/create.ts";
-import { checkQcow2, formatCheckReport } from "./drivers/qcow2/check.ts";
+import { Progress } from "./core/progress.ts";
+import { runCampaign } from "./emulator/explore_campaign.ts";
+import type { WorkloadImage } from "./emulator/workload.ts";
+import { formatCampaign } from "./cli/crash.ts";
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
+const MiB = 1024 * 1024;
+
+async function explore(title: string, image: WorkloadImage, states: number): Promise<void> {
+  console.log(`\n== ${title}`);
+  const progress = new Progress(1, { label: "crash states" });
+  const result = await runCampaign({
+    image,
+    ops: 60,
+    seed: 1,
+    states,
+    torn: true,
+    subsets: true,
+    onProgress: (done, total) => progress.update(total === 0 ? 1 : done / total),
+  });
+  progress.done();
+  console.log(formatCampaign(result, image).trimEnd());
+  const reproducer = result.reproducer;
+  if (reproducer) {
+    console.log(
+      `shrunk to ${reproducer.workload.ops.length} request(s), crash state ${reproducer.state}: ` +
+        JSON.stringify(reproducer.workload.ops),
+    );
+  }
+}
 
 async function demo(): Promise<void> {
-  const device = new MemoryDevice({ name: "demo.qcow2" });
-  await createQcow2(device, { size: 64 * MiB, clusterSize: 64 * KiB, lazyRefcounts: true });
-
-  const image = await openImage(device, { readOnly: false });
-  const text = new TextEncoder().encode("qcowlab compressed cluster. ".repeat(5000));
-  await image.write(new Uint8Array(100 * KiB).map((_, i) => (i * 31) & 0xff), 4 * KiB);
-  await image.writeCompressed(text.subarray(0, 128 * KiB), 1 * MiB);
-  await image.writeZeroes(2 * MiB, 256 * KiB);
-  await image.write(new Uint8Array(64 * KiB).fill(0xee), 3 * MiB);
-  await image.discard(3 * MiB, 64 * KiB);
-  await image.flush();
-  const dirty = image.info()["dirty-flag"];
-  await image.close();
-
-  await using reader = await openImage(device);
-  const info = reader.info();
   console.log(
-    `Created ${info.filename} in memory: qcow2 v3 with lazy refcounts, ` +
-      `${formatSize(info["virtual-size"])} virtual, ${formatSize(device.size)} on its device`,
+    "qcowlab crash exploration: a seeded workload on an in-memory qcow2 image, crashed at every" +
+      "\nwrite, with the disk cache persisting any subset of the unflushed writes, some torn.",
   );
-  console.log(`dirty while open: ${dirty}; after a clean close: ${info["dirty-flag"]}\n`);
-
-  console.log("map (like qemu-img map --output json):");
-  for (const { filename: _, ...entry } of await mapImage(reader)) {
-    console.log(" ", JSON.stringify(entry));
-  }
-
-  const sample = new Uint8Array(8);
-  await reader.read(sample, 4 * KiB + 100);
-  console.log(`\nread 8 bytes at 0x1064:    ${[...sample].join(" ")}`);
-  await reader.read(sample, 1 * MiB);
-  console.log(
-    `read 8 bytes at 0x100000:  ${JSON.stringify(new TextDecoder().decode(sample))} (compressed)`,
+  await explore("lazy refcounts off", { format: "qcow2", size: 64 * MiB }, 2500);
+  await explore(
+    "lazy refcounts on",
+    { format: "qcow2", size: 64 * MiB, lazyRefcounts: true },
+    600,
   );
-  await reader.read(sample, 3 * MiB);
-  console.log(`read 8 bytes at 0x300000:  ${[...sample].join(" ")} (discarded)`);
-
-  const bytes = await new Response(imageStream(reader)).arrayBuffer();
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  const hex = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
-  console.log(`sha256 of the virtual disk: ${hex}\n`);
-
-  console.log("check (like qemu-img check):");
-  console.log(formatCheckReport(await checkQcow2(device)).trimEnd());
 }
 
 if (import.meta.main) await demo();

@@ -20,6 +20,7 @@
 
 export * from "./core/errors.ts";
 export * from "./core/block_device.ts";
+export * from "./core/driver_event.ts";
 export * from "./core/memory_device.ts";
 export * from "./core/file_device.ts";
 export * from "./core/table_cache.ts";
@@ -38,6 +39,12 @@ export {
   type WriteZeroesOptions,
 } from "./drivers/qcow2/qcow2_image.ts";
 export type { OverlapCheck } from "./drivers/qcow2/overlap.ts";
+export type {
+  SnapshotCreateOptions,
+  SnapshotInfo,
+  SnapshotLookupOptions,
+  SnapshotViewOptions,
+} from "./drivers/qcow2/snapshot_ops.ts";
 export * from "./drivers/qcow2/create.ts";
 export type {
   BitmapsExtension,
@@ -48,3 +55,10 @@ export type {
 export * from "./core/format_size.ts";
 export * from "./core/progress.ts";
 export * from "./drivers/qcow2/check.ts";
+export * from "./drivers/qcow2/amend.ts";
+export { QcowImage, type QcowOpenOptions } from "./drivers/qcow/qcow_image.ts";
+export * from "./drivers/qcow/create.ts";
+export * from "./drivers/qcow/check.ts";
+export type { QcowHeader } from "./drivers/qcow/header.ts";
+export { AesSectorCipher } from "./drivers/aes_sectors.ts";
+export * from "./drivers/encrypt_new_qcow2.ts";

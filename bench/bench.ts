@@ -20,6 +20,9 @@ import type { MemoryProbeResult } from "./_memory_probe.ts";
 import { formatFigure, loadAverage, log, median, printTable } from "./_report.ts";
 import { writeBench } from "./_write.ts";
 import { checkBench } from "./_check.ts";
+import { qcowBench } from "./_qcow.ts";
+import { crashBench } from "./_crash.ts";
+import { snapshotBench } from "./_snapshot.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -374,6 +377,9 @@ async function main(): Promise<void> {
     }
     const printWrites = await writeBench(dir, version);
     const printChecks = await checkBench(dir);
+    const printQcow = await qcowBench(dir);
+    const printCrash = await crashBench();
+    const printSnapshots = await snapshotBench(dir);
 
     const deno = Deno.version.deno;
     console.log(
@@ -462,6 +468,9 @@ async function main(): Promise<void> {
 
     printWrites();
     printChecks();
+    printQcow();
+    printCrash();
+    printSnapshots();
 
     const rss = memory.rssAfter - memory.rssBefore;
     const heap = memory.heapAfter - memory.heapBefore;

@@ -66,8 +66,8 @@ export function list(value: Values[string]): string[] {
 /** An image format option (`-f`, `-O`, `-F`). */
 export function formatOption(value: Values[string]): ImageFormat | undefined {
   if (value === undefined) return undefined;
-  if (value === "raw" || value === "qcow2") return value;
-  fail(`Unknown format '${String(value)}' (expected raw or qcow2)`);
+  if (value === "raw" || value === "qcow" || value === "qcow2") return value;
+  fail(`Unknown format '${String(value)}' (expected raw, qcow or qcow2)`);
 }
 
 /** The `--output` option. */
@@ -83,9 +83,16 @@ export function onePath(positionals: string[], what: string): string {
   return positionals[0]!;
 }
 
-/** Opens an image read-only with its backing chain. */
-export async function open(path: string, format: ImageFormat | undefined): Promise<Image> {
-  return await openImage(path, format === undefined ? {} : { format });
+/** Opens an image read-only with its backing chain (`passphrase` for encrypted images). */
+export async function open(
+  path: string,
+  format: ImageFormat | undefined,
+  passphrase?: string,
+): Promise<Image> {
+  return await openImage(path, {
+    ...(format === undefined ? {} : { format }),
+    ...(passphrase === undefined ? {} : { passphrase }),
+  });
 }
 
 /** Rounds a size up to whole 512-byte sectors, as qemu-img does for new images. */

@@ -39,7 +39,7 @@ export function keyValues(texts: string[]): [string, string][] {
 
 export const QCOW2_OPTION_HELP = `Supported options:
   backing_file=<str>     - File name of a base image
-  backing_fmt=<str>      - Image format of the base image (raw or qcow2)
+  backing_fmt=<str>      - Image format of the base image (raw, qcow2 or qcow)
   cluster_size=<size>    - qcow2 cluster size
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
   compression_type=<str> - Compression method used for image cluster compression (zlib)
@@ -127,8 +127,8 @@ export function imageOptions(pairs: [string, string][], format: ImageFormat): Im
         o.backingFile = value;
         break;
       case "backing_fmt":
-        if (value !== "raw" && value !== "qcow2") {
-          fail(`Unknown backing format '${value}' (expected raw or qcow2)`);
+        if (value !== "raw" && value !== "qcow2" && value !== "qcow") {
+          fail(`Unknown backing format '${value}' (expected raw, qcow2 or qcow)`);
         }
         o.backingFormat = value;
         break;

@@ -7,6 +7,7 @@
 import type { Image } from "../drivers/image.ts";
 import { mapImage } from "../drivers/map_image.ts";
 import { type CliCommand, fail, formatOption, open, parse, report, showHelp } from "./_common.ts";
+import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
 
 /** Bytes compared per read. */
 const CHUNK = 1024 * 1024;
@@ -18,7 +19,7 @@ first differing offset is printed), 2 on an error. Without -s, an image that is 
 other compares equal when its extra part reads as zeros.
   -f FMT               format of A; -F FMT: format of B (probed when omitted)
   -s, --strict         images of different sizes differ
-`;
+${PASSPHRASE_HELP}`;
 
 async function firstDifference(a: Image, b: Image, end: number): Promise<number> {
   const bufA = new Uint8Array(CHUNK);
@@ -53,12 +54,14 @@ const compareRun: CliCommand["run"] = async (args, io) => {
     f: { type: "string", short: "f" },
     F: { type: "string", short: "F" },
     strict: { type: "boolean", short: "s" },
+    ...PASSPHRASE_OPTIONS,
   });
   if (values.help) return showHelp(HELP, io);
   if (positionals.length !== 2) fail(`Expected two images, got ${positionals.length}`);
   try {
-    await using a = await open(positionals[0]!, formatOption(values.f));
-    await using b = await open(positionals[1]!, formatOption(values.F));
+    const passphrase = await readPassphrase(values);
+    await using a = await open(positionals[0]!, formatOption(values.f), passphrase);
+    await using b = await open(positionals[1]!, formatOption(values.F), passphrase);
     if (values.strict && a.size !== b.size) {
       io.stdout("Strict mode: Image size mismatch!\n");
       return 1;

@@ -11,6 +11,8 @@ import { resolveBackingPath } from "../drivers/backing_path.ts";
 import type { Image } from "../drivers/image.ts";
 import { openImage } from "../drivers/open_image.ts";
 import { createQcow2, type CreateQcow2Options } from "../drivers/qcow2/create.ts";
+import { encryptNewQcow2 } from "../drivers/encrypt_new_qcow2.ts";
+import { createQcowRun, takeEncryption } from "./_qcow.ts";
 import {
   type CliCommand,
   fail,
@@ -33,11 +35,14 @@ const HELP = `Usage: cli.ts create [-f FMT] [-o OPTIONS] [-b BACKING -F FMT] [-q
 
 Creates FILE as an empty image of SIZE bytes (k, M, G, T suffixes; default: the backing file's
 virtual size), printing qemu-img's "Formatting ..." line.
-  -f, --format FMT     qcow2 (the default here; qemu-img's is raw) or raw (a sparse file)
+  -f, --format FMT     qcow2 (the default here; qemu-img's is raw), qcow (version 1: options
+                       backing_file, backing_fmt, encrypt.format=aes) or raw (a sparse file)
   -o OPTIONS           comma-separated key=value create options ("-o help" lists them):
                        compat=0.10|1.1, cluster_size=SIZE, refcount_bits=N,
                        lazy_refcounts=on|off, extended_l2=on|off, preallocation=off|metadata,
-                       backing_file=NAME, backing_fmt=FMT, size=SIZE
+                       backing_file=NAME, backing_fmt=FMT, size=SIZE,
+                       encrypt.format=aes (or encryption=on): legacy AES, qcow and qcow2; the
+                       passphrase is given when the image is opened (--passphrase-file/-env)
   -b, --backing NAME   the backing file, stored as given and found beside FILE
   -F, --backing-format FMT  the backing file's format (raw or qcow2), required with -b
   -q, --quiet          print nothing on success
@@ -90,7 +95,10 @@ const createRun: CliCommand["run"] = async (args, io) => {
   });
   if (values.help) return showHelp(HELP, io);
   const format = formatOption(values.format) ?? "qcow2";
-  const options = imageOptions(keyValues(list(values.options)), format);
+  if (format === "qcow") return await createQcowRun(values, positionals, io);
+  const encryption = takeEncryption(keyValues(list(values.options)));
+  if (encryption.encrypt && format === "raw") fail("Encryption is not supported for raw images");
+  const options = imageOptions(encryption.pairs, format);
   if (options.given.has("help")) {
     io.stdout(format === "raw" ? RAW_OPTION_HELP : QCOW2_OPTION_HELP);
     return 0;
@@ -125,12 +133,13 @@ const createRun: CliCommand["run"] = async (args, io) => {
   validateQcow2(path, full);
   await using device = FileDevice.open(path, { readOnly: false, create: true, truncate: true });
   await createQcow2(device, full);
+  if (encryption.encrypt) await encryptNewQcow2(device);
   return 0;
 };
 
 /** `cli.ts create`. */
 export const createCommand: CliCommand = {
   name: "create",
-  summary: "create a qcow2 or raw image (like qemu-img create)",
+  summary: "create a qcow2, qcow or raw image (like qemu-img create)",
   run: createRun,
 };

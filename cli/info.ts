@@ -15,6 +15,7 @@ import {
   parse,
   showHelp,
 } from "./_common.ts";
+import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
 
 const HELP = `Usage: cli.ts info [-f FMT] [--backing-chain] [--output human|json] FILE
 
@@ -22,7 +23,7 @@ Shows the format, virtual size, cluster size, backing file and format-specific d
   -f, --format FMT     the image's format (raw or qcow2); probed when omitted
   --backing-chain      show every image of the backing chain
   --output FORMAT      human (default) or json, with qemu-img's field names
-`;
+${PASSPHRASE_HELP}`;
 
 function humanInfo(info: ImageInfo): string {
   const lines = [
@@ -33,6 +34,7 @@ function humanInfo(info: ImageInfo): string {
   if (info["actual-size"] !== undefined) {
     lines.push(`disk size: ${formatSize(info["actual-size"])}`);
   }
+  if (info.encrypted) lines.push("encrypted: yes");
   if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
   const backing = info["backing-filename"];
   if (backing !== undefined) {
@@ -49,7 +51,12 @@ function humanInfo(info: ImageInfo): string {
   if (specific) {
     lines.push("Format specific information:");
     for (const [key, value] of Object.entries(specific.data)) {
-      lines.push(`    ${key.replaceAll("-", " ")}: ${value}`);
+      if (typeof value === "object") {
+        lines.push(`    ${key.replaceAll("-", " ")}:`);
+        for (const [k, v] of Object.entries(value)) lines.push(`        ${k}: ${v}`);
+      } else {
+        lines.push(`    ${key.replaceAll("-", " ")}: ${value}`);
+      }
     }
   }
   return lines.join("\n") + "\n";
@@ -60,10 +67,15 @@ const infoRun: CliCommand["run"] = async (args, io) => {
     format: { type: "string", short: "f" },
     output: { type: "string" },
     "backing-chain": { type: "boolean" },
+    ...PASSPHRASE_OPTIONS,
   });
   if (values.help) return showHelp(HELP, io);
   const output = outputOption(values.output);
-  await using image = await open(onePath(positionals, "image"), formatOption(values.format));
+  await using image = await open(
+    onePath(positionals, "image"),
+    formatOption(values.format),
+    await readPassphrase(values),
+  );
   const chain: ImageInfo[] = [];
   for (let layer: Image | undefined = image; layer; layer = layer.backing) {
     chain.push(layer.info());

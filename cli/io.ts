@@ -19,6 +19,7 @@ import {
   reportRepair,
   showHelp,
 } from "./_common.ts";
+import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
 
 const HELP = `Usage: cli.ts io [-f FMT] [-r] -c COMMAND [-c COMMAND ...] FILE
 
@@ -34,7 +35,7 @@ the rest still run, and the exit status is then 1.
       discard [-q] OFF LEN                discard the range
       flush                               write cached metadata and sync
       truncate SIZE                       resize (shrinking too)
-`;
+${PASSPHRASE_HELP}`;
 
 /** One parsed qemu-io command. */
 export interface IoCommand {
@@ -253,6 +254,7 @@ const ioRun: CliCommand["run"] = async (args, io) => {
     format: { type: "string", short: "f" },
     "read-only": { type: "boolean", short: "r" },
     cmd: { type: "string", short: "c", multiple: true },
+    ...PASSPHRASE_OPTIONS,
   });
   if (values.help) return showHelp(HELP, io);
   const path = onePath(positionals, "image");
@@ -260,9 +262,11 @@ const ioRun: CliCommand["run"] = async (args, io) => {
   const commands = list(values.cmd).map(parseIoCommand);
   if (commands.length === 0) fail("Expected at least one -c COMMAND");
   const format = formatOption(values.format);
+  const passphrase = await readPassphrase(values);
   await using image = await openImage(path, {
     readOnly: values["read-only"] === true,
     ...(format ? { format } : {}),
+    ...(passphrase === undefined ? {} : { passphrase }),
   });
   reportRepair(image, io);
   let ok = true;

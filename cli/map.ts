@@ -15,6 +15,7 @@ import {
   parse,
   showHelp,
 } from "./_common.ts";
+import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
 
 const HELP = `Usage: cli.ts map [-f FMT] [--output human|json] FILE
 
@@ -22,16 +23,21 @@ Lists how each range of FILE and its backing chain is stored.
   -f, --format FMT     the image's format (raw or qcow2); probed when omitted
   --output FORMAT      human (default: ranges stored as data, with their host offsets) or json
                        (every range, with depth, present, zero, data and offset, as qemu-img)
-`;
+${PASSPHRASE_HELP}`;
 
 const mapRun: CliCommand["run"] = async (args, io) => {
   const { values, positionals } = parse(args, {
     format: { type: "string", short: "f" },
     output: { type: "string" },
+    ...PASSPHRASE_OPTIONS,
   });
   if (values.help) return showHelp(HELP, io);
   const output = outputOption(values.output);
-  await using image = await open(onePath(positionals, "image"), formatOption(values.format));
+  await using image = await open(
+    onePath(positionals, "image"),
+    formatOption(values.format),
+    await readPassphrase(values),
+  );
   const entries = await mapImage(image);
   if (output === "json") {
     const lines = entries.map((e) => {

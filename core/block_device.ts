@@ -4,6 +4,8 @@
  * @module
  */
 
+import type { DriverEvent } from "./driver_event.ts";
+
 /**
  * A byte-addressed storage device: a file, a region of memory, a device that injects faults.
  *
@@ -35,4 +37,12 @@ export interface BlockDevice extends AsyncDisposable {
   truncate(size: number): Promise<void>;
   /** Releases the device; further calls fail with `CLOSED`. Closing twice is harmless. */
   close(): Promise<void>;
+  /**
+   * Optional hook: a driver announces a {@linkcode DriverEvent} right before the I/O the event
+   * names, as QEMU's `BLKDBG_EVENT` does, calling it as `device.event?.("l2_update")` so that it
+   * costs nothing on devices without the hook. Fault injectors count events and arm rules on
+   * them; write logs tag the following writes with them. A device that wraps another forwards
+   * the call. It must not throw.
+   */
+  event?(name: DriverEvent): void;
 }

@@ -42,7 +42,13 @@ export type QcowErrorCode =
   /** A backing file named by an image cannot be found. */
   | "BACKING_MISSING"
   /** A backing chain refers back to one of its own images, or is too deep. */
-  | "BACKING_LOOP";
+  | "BACKING_LOOP"
+  /** An encrypted image was opened without its passphrase. */
+  | "PASSPHRASE_REQUIRED"
+  /** The storage has no space left (ENOSPC), for example a disk made full by a fault rule. */
+  | "NO_SPACE"
+  /** A fault scenario (file or rules) is malformed. */
+  | "INVALID_SCENARIO";
 
 /**
  * An error with a stable {@linkcode QcowErrorCode}.

@@ -7,7 +7,7 @@
 import type { BlockDevice } from "../core/block_device.ts";
 
 /** The image formats qcowlab knows. */
-export type ImageFormat = "raw" | "qcow2";
+export type ImageFormat = "raw" | "qcow" | "qcow2";
 
 /** How a range of an image is stored, in that image alone (not its backing chain). */
 export interface BlockStatus {
@@ -36,6 +36,8 @@ export interface Qcow2FormatInfo {
     "lazy-refcounts"?: boolean;
     /** Refcount width in bits. */
     "refcount-bits": number;
+    /** The encryption format, for encrypted images. */
+    encrypt?: { format: "aes" | "luks" };
     /** Version 3 only. */
     corrupt?: boolean;
     /** Version 3 only. */
@@ -57,6 +59,8 @@ export interface ImageInfo {
   "actual-size"?: number;
   /** Whether the image was not cleanly closed. */
   "dirty-flag": boolean;
+  /** Whether the image is encrypted (only present when it is). */
+  encrypted?: boolean;
   /** Format-specific details. */
   "format-specific"?: Qcow2FormatInfo;
   /** The backing file name as stored in the image. */

@@ -13,6 +13,7 @@ import { probeFormat } from "./probe.ts";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2/qcow2_image.ts";
 import type { OverlapCheck } from "./qcow2/overlap.ts";
 import { RawImage } from "./raw.ts";
+import { QcowImage, type QcowOpenOptions } from "./qcow/qcow_image.ts";
 import { resolveBackingPath } from "./backing_path.ts";
 
 /** Resolves a backing file name to a device or a path; see {@linkcode OpenImageOptions}. */
@@ -43,16 +44,23 @@ export interface OpenImageOptions {
    * that names it and opened as a file; give a resolver to keep whole chains in memory.
    */
   resolveBacking?: BackingResolver;
+  /**
+   * The passphrase of AES-encrypted (crypt_method 1) qcow and qcow2 images in the chain; an
+   * encrypted image opened without one fails with `PASSPHRASE_REQUIRED`. A wrong passphrase
+   * cannot be detected: the image then reads as garbage.
+   */
+  passphrase?: string | Uint8Array;
 }
 
 const optionsSchema = z.object({
-  format: z.enum(["raw", "qcow2"]).optional(),
+  format: z.enum(["raw", "qcow", "qcow2"]).optional(),
   readOnly: z.boolean().optional(),
   overlapCheck: z.enum(["none", "constant", "cached", "all"]).optional(),
   backing: z.boolean().optional(),
   l2CacheSize: z.number().int().min(0).optional(),
   maxChainDepth: z.number().int().min(1).max(4096).optional(),
   resolveBacking: z.custom<BackingResolver>((v) => typeof v === "function").optional(),
+  passphrase: z.union([z.string(), z.instanceof(Uint8Array)]).optional(),
 }).strict();
 
 /**
@@ -115,7 +123,14 @@ async function openOne(
       const qcowOptions: Qcow2OpenOptions = { ownsDevice: owns, readOnly };
       if (options.overlapCheck !== undefined) qcowOptions.overlapCheck = options.overlapCheck;
       if (options.l2CacheSize !== undefined) qcowOptions.l2CacheSize = options.l2CacheSize;
+      if (options.passphrase !== undefined) qcowOptions.passphrase = options.passphrase;
       return await Qcow2Image.open(device, qcowOptions);
+    }
+    if (chosen === "qcow") {
+      const qcowOptions: QcowOpenOptions = { ownsDevice: owns, readOnly };
+      if (options.l2CacheSize !== undefined) qcowOptions.l2CacheSize = options.l2CacheSize;
+      if (options.passphrase !== undefined) qcowOptions.passphrase = options.passphrase;
+      return await QcowImage.open(device, qcowOptions);
     }
     throw new QcowError("UNSUPPORTED_FEATURE", `Unsupported image format '${chosen}'`);
   } catch (error) {
@@ -154,7 +169,7 @@ async function openChain(top: Image, options: OpenImageOptions): Promise<void> {
       }
       seen.add(key);
       const format = overlay.backingFormat;
-      if (format !== undefined && format !== "raw" && format !== "qcow2") {
+      if (format !== undefined && format !== "raw" && format !== "qcow" && format !== "qcow2") {
         throw new QcowError("UNSUPPORTED_FEATURE", `Unsupported backing file format '${format}'`);
       }
       backing = await openOne(source, format, options);

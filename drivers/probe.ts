@@ -12,9 +12,8 @@ import type { ImageFormat } from "./image.ts";
 const QCOW_MAGIC = 0x514649fb;
 
 /**
- * Guesses a device's image format from its first bytes; raw when nothing matches. A qcow magic
- * with version 1 is reported as "qcow2" too, so the qcow2 reader can refuse it clearly until the
- * qcow driver exists.
+ * Guesses a device's image format from its first bytes; raw when nothing matches. The qcow magic
+ * with version 1 is "qcow"; with any other version "qcow2" (whose reader refuses bad versions).
  *
  * @example
  * ```ts
@@ -30,5 +29,6 @@ export async function probeFormat(device: BlockDevice): Promise<ImageFormat> {
   if (device.size < 8) return "raw";
   const head = new Uint8Array(8);
   await device.read(head, 0);
-  return readU32(head, 0) === QCOW_MAGIC ? "qcow2" : "raw";
+  if (readU32(head, 0) !== QCOW_MAGIC) return "raw";
+  return readU32(head, 4) === 1 ? "qcow" : "qcow2";
 }

@@ -22,10 +22,10 @@ Deno.test("probeFormat() calls a device without the qcow magic raw", async () =>
   assert.equal(await probeFormat(shifted), "raw");
 });
 
-Deno.test("probeFormat() recognises the qcow magic of versions 1, 2 and 3", async () => {
-  for (const version of [1, 2, 3]) {
+Deno.test("probeFormat() calls the qcow magic with version 1 qcow, and with 2 and 3 qcow2", async () => {
+  for (const [version, format] of [[1, "qcow"], [2, "qcow2"], [3, "qcow2"]] as const) {
     await using device = withHead([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, version]);
-    assert.equal(await probeFormat(device), "qcow2", `version ${version}`);
+    assert.equal(await probeFormat(device), format, `version ${version}`);
   }
 });
 

@@ -372,6 +372,23 @@ const CASES: Case[] = [
     expect: corruptions(11),
   },
   {
+    name: "refcount table missing: every entry zeroed",
+    build: (dir) => basic(dir),
+    damage: (bytes) =>
+      bytes.fill(0, meta(bytes).reftableOffset, meta(bytes).reftableOffset + 65536),
+    differs: { all: REBUILT },
+    keepsContents: true,
+    expect: (r) => (r.corruptions as number) > 0,
+  },
+  {
+    name: "refcount table missing: its offset past the end of the file",
+    build: (dir) => basic(dir),
+    damage: (bytes) => writeU32(bytes, 52, 64 * 65536),
+    differs: { all: REBUILT },
+    keepsContents: true,
+    expect: (r) => (r.corruptions as number) > 0,
+  },
+  {
     // QEMU 7.2 allocates the new block over the old, misaligned one and its overlap check stops
     // the rebuild; qcowlab rebuilds after the end of the image.
     name: "unaligned refcount block",

@@ -7,7 +7,20 @@ Deno.test("the README's library example runs", async () => {
   const dir = new URL("..", import.meta.url).pathname;
   const script = await Deno.makeTempFile({ dir, prefix: ".readme_example_", suffix: ".ts" });
   try {
-    await Deno.writeTextFile(script, blocks.join("\n"));
+    // Each block stands alone (its own imports); joined, repeated imports would clash.
+    const body = blocks.map((block) => `{\n${block.replace(/^import .*$/gm, "")}\n}`).join("\n");
+    const names = new Map<string, Set<string>>();
+    for (const block of blocks) {
+      for (const [, list, from] of block.matchAll(/^import \{([^}]*)\} from "([^"]+)";$/gm)) {
+        const set = names.get(from!) ?? new Set();
+        for (const name of list!.split(",")) if (name.trim()) set.add(name.trim());
+        names.set(from!, set);
+      }
+    }
+    const imports = [...names].map(([from, set]) =>
+      `import { ${[...set].join(", ")} } from "${from}";`
+    );
+    await Deno.writeTextFile(script, [...imports, body].join("\n"));
     const output = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", script],
       cwd: dir,

@@ -6,7 +6,8 @@
 
 import { maxRefcount } from "./refcount_math.ts";
 
-type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
+/** The typed array that holds counts as wide as the image's refcounts. */
+export type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
 
 function allocate(refcountOrder: number, length: number): Counts {
   if (refcountOrder <= 3) return new Uint8Array(length);
@@ -78,6 +79,14 @@ export class ReferenceCounts {
       this.#counts = grown;
     }
     this.#size = size;
+  }
+
+  /**
+   * The array behind the counts, indexed by cluster, for tight loops that stay below `size`. It is
+   * replaced when the covered range grows: fetch it again after {@linkcode cover}.
+   */
+  get storage(): Counts {
+    return this.#counts;
   }
 
   /** Sets every count to 0, keeping the covered range. */

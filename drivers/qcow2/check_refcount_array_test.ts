@@ -38,3 +38,15 @@ Deno.test("ReferenceCounts.anyIn() finds counts in a range", () => {
   assert.equal(counts.anyIn(0, 51), true);
   assert.equal(counts.anyIn(51, 1000), false);
 });
+
+Deno.test("ReferenceCounts.storage is the array behind the counts, replaced when they grow", () => {
+  const counts = new ReferenceCounts(4, 20);
+  const storage = counts.storage;
+  assert.ok(storage instanceof Uint16Array);
+  storage[3] = 7;
+  assert.equal(counts.get(3), 7);
+  counts.cover(1000);
+  assert.notEqual(counts.storage, storage);
+  assert.equal(counts.storage[3], 7);
+  assert.ok(new ReferenceCounts(6, 4).storage instanceof Float64Array);
+});

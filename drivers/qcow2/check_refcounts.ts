@@ -30,7 +30,7 @@ import {
   OL_INACTIVE_L2,
   zeroCounts,
 } from "./check_image.ts";
-import { ReferenceCounts } from "./check_refcount_array.ts";
+import { type Counts, ReferenceCounts } from "./check_refcount_array.ts";
 import { MAX_L1_BYTES } from "./header.ts";
 import { readRefcount, writeRefcount } from "./refcount_math.ts";
 import { encodeRefcountBlock, planRebuild } from "./repair_layout.ts";
@@ -61,7 +61,14 @@ export interface Pass {
   unreadable: number;
   /** Cluster ranges referenced past the end of the file (not counted), which a rebuild avoids. */
   pastEnd: [number, number][];
+  /** The last comparison found every stored refcount equal to its count. */
+  exact: boolean;
+  /** Active L2 tables as read by the counting pass, kept for the COPIED check (bounded). */
+  l2Tables: Map<number, Uint8Array>;
 }
+
+/** Bytes of active L2 tables the counting pass keeps for the COPIED check. */
+const MAX_KEPT_L2_BYTES = 64 * 1024 * 1024;
 
 /** Ranges referenced past the end of the file that a rebuild keeps track of. */
 const MAX_PAST_END = 4096;
@@ -149,6 +156,61 @@ async function zeroEntry(
   return "fixed";
 }
 
+/** How cluster indices come out of standard L2 entries. */
+interface Geometry {
+  /** log2 of the cluster size. */
+  bits: number;
+  /** Clusters per 2^32 bytes (the weight of an entry's high word). */
+  hiClusters: number;
+  /** One past the last cluster wholly inside the file. */
+  end: number;
+}
+
+/** Allocation figures of a run of data clusters, and the offset that would continue it. */
+interface DataRun {
+  allocated: number;
+  fragmented: number;
+  next: number;
+}
+
+/**
+ * Counts the references of standard L2 entries `[from, to)` that point at a whole, aligned data
+ * cluster inside the file without reserved bits, in a tight loop with integer arithmetic only, and
+ * tallies their allocation and fragmentation.
+ *
+ * @returns The index of the first entry it did not count (any other kind, or a count at its
+ * maximum), or `to`.
+ */
+function countDataRun(
+  view: DataView,
+  from: number,
+  to: number,
+  counts: Counts,
+  max: number,
+  geometry: Geometry,
+  run: DataRun,
+): number {
+  const { bits, hiClusters, end } = geometry;
+  const size = 2 ** bits;
+  const mask = size - 1;
+  for (let i = from; i < to; i++) {
+    const hi = view.getUint32(i * 8);
+    const lo = view.getUint32(i * 8 + 4);
+    if ((hi | lo) === 0) continue; // unallocated
+    if ((hi & 0x7f000000) !== 0 || (lo & mask) !== 0 || (lo | (hi & 0xffffff)) === 0) return i;
+    const cluster = (hi & 0xffffff) * hiClusters + (lo >>> bits);
+    if (cluster >= end) return i;
+    const value = counts[cluster]!;
+    if (value >= max) return i;
+    counts[cluster] = value + 1;
+    run.allocated++;
+    const offset = cluster * size;
+    if (run.next !== 0 && offset !== run.next) run.fragmented++;
+    run.next = offset + size;
+  }
+  return to;
+}
+
 /** Counts the references of one L2 table and checks its entries. */
 async function checkL2(
   pass: Pass,
@@ -161,11 +223,35 @@ async function checkL2(
   const { image } = pass;
   const cs = image.clusterSize;
   const table = await image.read(l2Offset, cs);
-  let nextContiguous = 0;
+  if (active && (pass.l2Tables.size + 1) * cs <= MAX_KEPT_L2_BYTES) {
+    pass.l2Tables.set(l2Offset, table);
+  }
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  // The common entry (a standard, aligned data cluster inside the file) takes a short path.
+  const fast = !image.extendedL2 && !image.dataFile;
+  const counts = pass.counts;
+  const geometry: Geometry = {
+    bits: image.clusterBits,
+    hiClusters: 2 ** (32 - image.clusterBits),
+    // Clusters wholly inside the file, all covered by the counts.
+    end: Math.min(Math.floor(image.device.size / cs), counts.size),
+  };
+  const run: DataRun = { allocated: 0, fragmented: 0, next: 0 };
   for (let i = 0; i < image.l2Size; i++) {
+    if (fast) {
+      // Standard data entries inside the file (nearly all of them) are counted in a tight loop.
+      i = countDataRun(view, i, image.l2Size, counts.storage, counts.max, geometry, run);
+      if (fragmentation) {
+        res.allocatedClusters += run.allocated;
+        res.fragmentedClusters += run.fragmented;
+      }
+      run.allocated = 0;
+      run.fragmented = 0;
+      if (i === image.l2Size) break;
+    }
     const at = i * image.l2EntryBytes;
-    let hi = readU32(table, at);
-    const lo = readU32(table, at + 4);
+    let hi = view.getUint32(at);
+    const lo = view.getUint32(at + 4);
     const bitmapZero = image.extendedL2 ? readU32(table, at + 8) : 0;
     const bitmapAlloc = image.extendedL2 ? readU32(table, at + 12) : 0;
     const type = clusterType(hi, lo, pass.format);
@@ -245,8 +331,8 @@ async function checkL2(
       }
       if (fragmentation) {
         res.allocatedClusters++;
-        if (nextContiguous !== 0 && offset !== nextContiguous) res.fragmentedClusters++;
-        nextContiguous = offset + cs;
+        if (run.next !== 0 && offset !== run.next) res.fragmentedClusters++;
+        run.next = offset + cs;
       }
       if (!image.dataFile) addReference(pass, res, offset, cs);
     } else if (type === CLUSTER_UNALLOCATED && bitmapAlloc !== 0) {
@@ -472,11 +558,25 @@ async function compare(pass: Pass, res: CheckCounts, fix: Fix): Promise<void> {
   const order = image.refcountOrder;
   pass.highest = 0;
   pass.unreadable = 0;
+  pass.exact = true;
   for (let first = 0; first < counts.size; first += perBlock) {
     const end = Math.min(first + perBlock, counts.size);
     const block = await image.refcountBlock(first / perBlock);
-    for (let cluster = first; cluster < end; cluster++) {
+    let from = first;
+    if (block && order === 4) {
+      // 16-bit refcounts (the usual width): skip quickly over clusters that agree.
+      const data = block.data;
+      for (; from < end; from++) {
+        const p = (from - first) * 2;
+        const stored = (data[p]! << 8) | data[p + 1]!;
+        const counted = counts.get(from);
+        if (stored !== counted) break;
+        if (stored > 0) pass.highest = from;
+      }
+    }
+    for (let cluster = from; cluster < end; cluster++) {
       if (block === undefined) {
+        pass.exact = false;
         message(pass, `Can't get refcount for cluster ${cluster}: ${EIO}`);
         res.checkErrors++;
         pass.unreadable++;
@@ -486,6 +586,7 @@ async function compare(pass: Pass, res: CheckCounts, fix: Fix): Promise<void> {
       const counted = counts.get(cluster);
       if (stored > 0 || counted > 0) pass.highest = cluster;
       if (stored === counted) continue;
+      pass.exact = false;
       let repair: "leaks" | "corruptions" | undefined;
       if (stored === 0) pass.rebuild = true;
       else if (stored > counted && fix.leaks) repair = "leaks";
@@ -552,6 +653,33 @@ function exactText(image: CheckImage, cluster: number, value: number): Promise<s
 }
 
 /**
+ * Skips standard L2 entries `[from, to)` whose COPIED flag agrees with `counts` (refcount exactly
+ * 1 means COPIED), and those that need no COPIED check (unallocated, compressed), in a tight loop.
+ *
+ * @returns The index of the first entry that needs a closer look, or `to`.
+ */
+function agreeingCopiedRun(
+  view: DataView,
+  from: number,
+  to: number,
+  counts: Counts,
+  size: number,
+  bits: number,
+): number {
+  const hiClusters = 2 ** (32 - bits);
+  for (let i = from; i < to; i++) {
+    const hi = view.getUint32(i * 8);
+    const lo = view.getUint32(i * 8 + 4);
+    if ((hi & 0x40000000) !== 0 || (hi | lo) === 0) continue;
+    const offsetHi = hi & 0x00ffffff;
+    if (offsetHi === 0 && lo >>> 9 === 0) return i;
+    const cluster = offsetHi * hiClusters + (lo >>> bits);
+    if (cluster >= size || (counts[cluster] === 1) !== (hi >= COPIED)) return i;
+  }
+  return to;
+}
+
+/**
  * Checks the COPIED flags of the active L1 and L2 entries against the stored refcounts (exactly
  * 1 means COPIED), repairing them when allowed.
  */
@@ -592,17 +720,30 @@ async function checkCopied(pass: Pass, res: CheckCounts, fix: Fix): Promise<stri
       }
     }
 
-    const table = await image.read(l2Offset, cs);
+    const table = pass.l2Tables.get(l2Offset) ?? await image.read(l2Offset, cs);
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    // Stored refcounts equal the counts everywhere: read those instead of the blocks.
+    const exact = pass.exact && pass.pastEnd.length === 0 && !image.dataFile;
+    const counts = pass.counts;
+    const fast = exact && !image.extendedL2;
+    const bits = image.clusterBits;
     let dirty = 0;
     for (let j = 0; j < image.l2Size; j++) {
+      if (fast) {
+        j = agreeingCopiedRun(view, j, image.l2Size, counts.storage, counts.size, bits);
+        if (j === image.l2Size) break;
+      }
       const at = j * image.l2EntryBytes;
-      const entryHi = readU32(table, at);
-      const entryLo = readU32(table, at + 4);
+      const entryHi = view.getUint32(at);
+      const entryLo = view.getUint32(at + 4);
+      if (entryLo === 0 && (entryHi & 0x7fffffff) === 0 && !image.dataFile) continue;
       const type = clusterType(entryHi, entryLo, pass.format);
       if (type !== CLUSTER_NORMAL && type !== CLUSTER_ZERO_ALLOC) continue;
       const cluster = Math.floor(entryOffset(entryHi, entryLo) / cs);
       const count = image.dataFile
         ? 1
+        : exact && cluster < counts.size
+        ? counts.get(cluster)
         : image.peekRefcount(cluster) ?? await image.refcount(cluster);
       if (count === undefined) continue;
       if ((count === 1) === ((entryHi & COPIED) !== 0)) continue;
@@ -652,6 +793,8 @@ export async function checkRefcounts(
     highest: 0,
     unreadable: 0,
     pastEnd: [],
+    exact: false,
+    l2Tables: new Map(),
   };
   if (fileClusters > 0x7fffffff) {
     res.checkErrors++;

@@ -29,7 +29,7 @@ export interface CreateQcow2Options {
   /** Backing file name, stored as given. */
   backingFile?: string;
   /** Backing file format ("raw" or "qcow2"). */
-  backingFormat?: "raw" | "qcow2";
+  backingFormat?: "raw" | "qcow2" | "qcow";
   /** "off" (default) or "metadata": allocate every L2 table and data cluster up front. */
   preallocation?: "off" | "metadata";
 }
@@ -52,7 +52,7 @@ const schema = z.object({
   lazyRefcounts: z.boolean().optional(),
   extendedL2: z.boolean().optional(),
   backingFile: z.string().min(1).max(1023, "Backing file name too long").optional(),
-  backingFormat: z.enum(["raw", "qcow2"]).optional(),
+  backingFormat: z.enum(["raw", "qcow2", "qcow"]).optional(),
   preallocation: z.enum(["off", "metadata"]).optional(),
 }).strict().superRefine((o, ctx) => {
   const v3 = (o.compat ?? "1.1") === "1.1";

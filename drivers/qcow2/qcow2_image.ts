@@ -5,14 +5,16 @@
  */
 
 import type { BlockDevice } from "../../core/block_device.ts";
+import { isDriverEvent } from "../../core/driver_event.ts";
 import { deflateRaw } from "pako";
-import { readU16, readU32, readU64, writeU32, writeU64 } from "../../core/bytes.ts";
+import { readU32, writeU32, writeU64 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
 import { RwLock } from "../../core/rw_lock.ts";
 import { TableCache } from "../../core/table_cache.ts";
 import { assertInside } from "../../core/_checks.ts";
 import type { BlockStatus, Image, ImageInfo } from "../image.ts";
 import { resolveBackingPath } from "../backing_path.ts";
+import { AES_SECTOR_SIZE, AesSectorCipher } from "../aes_sectors.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -34,7 +36,15 @@ import {
 import { Refcounts } from "./refcounts.ts";
 import { checkExitStatus, checkQcow2, type CheckResult } from "./check.ts";
 import { inflateCluster } from "./compressed.ts";
-import { checkSnapshotTable, SNAPSHOT_ENTRY_BYTES } from "./snapshots.ts";
+import { checkSnapshotTable } from "./snapshots.ts";
+import * as snapshots from "./snapshot_ops.ts";
+import type {
+  SnapshotCreateOptions,
+  SnapshotHost,
+  SnapshotInfo,
+  SnapshotLookupOptions,
+  SnapshotViewOptions,
+} from "./snapshot_ops.ts";
 import {
   type OverlapCheck,
   OverlapMap,
@@ -83,6 +93,11 @@ export interface Qcow2OpenOptions {
    * the image corrupt and fails.
    */
   overlapCheck?: OverlapCheck;
+  /**
+   * The passphrase of a legacy AES-encrypted image (crypt_method 1; required for one). A wrong
+   * passphrase cannot be detected: the image then reads as garbage.
+   */
+  passphrase?: string | Uint8Array;
 }
 
 /** The metadata kind each metadata write event updates (its own kind is not an overlap). */
@@ -178,11 +193,15 @@ export class Qcow2Image implements Image {
   #compressedLength = 0;
   #compressedFailure: QcowError | undefined;
   #compressedData: Uint8Array;
+  /** Legacy AES (crypt_method 1): data clusters are encrypted by guest sector number. */
+  #cipher: AesSectorCipher | undefined;
   /** Metadata clusters that writes must not touch (writable images only). */
   #overlap: OverlapMap | undefined;
   #overlapCheck: OverlapCheck;
   /** Set once the image has been marked corrupt: it serves no more I/O. */
   #corrupt = false;
+  /** Data was written since the last device flush (an L2 table pointing at it must wait). */
+  #dataUnsynced = false;
 
   private constructor(
     device: BlockDevice,
@@ -208,11 +227,19 @@ export class Qcow2Image implements Image {
     this.#cache = new TableCache({
       tableSize: this.#clusterSize,
       capacity: Math.max(2, Math.floor(cacheBytes / this.#clusterSize)),
-      load: (offset, table) => this.#device.read(table, offset),
-      store: (offset, table) => this.#writeMetadata(offset, table, "l2_update"),
-      sync: () => this.#device.flush(),
+      load: (offset, table) => {
+        this.#device.event?.("l2_load");
+        return this.#device.read(table, offset);
+      },
+      store: async (offset, table) => {
+        // The data an L2 entry points at must be on disk before the entry is.
+        if (this.#dataUnsynced) await this.#sync();
+        await this.#writeMetadata(offset, table, "l2_update");
+      },
+      sync: () => this.#sync(),
     });
     this.#compressedData = new Uint8Array(0);
+    if (header.cryptMethod === 1) this.#cipher = new AesSectorCipher(options.passphrase!);
   }
 
   /**
@@ -250,11 +277,16 @@ export class Qcow2Image implements Image {
         `Unsupported qcow2 feature(s): ${describeFeatures(header, unknown)}`,
       );
     }
-    if (header.cryptMethod !== 0) {
-      const method = header.cryptMethod === 1 ? "AES" : "LUKS";
+    if (header.cryptMethod === 2) {
       throw new QcowError(
         "UNSUPPORTED_FEATURE",
-        `Unsupported qcow2 feature: encryption (${method}) is not supported yet`,
+        "Unsupported qcow2 feature: encryption (LUKS) is not supported yet",
+      );
+    }
+    if (header.cryptMethod === 1 && options.passphrase === undefined) {
+      throw new QcowError(
+        "PASSPHRASE_REQUIRED",
+        `Image ${device.name} is encrypted (AES); give its passphrase to open it`,
       );
     }
     // QEMU ignores a data file name unless the incompatible bit says the data lives there.
@@ -342,7 +374,7 @@ export class Qcow2Image implements Image {
     const field = new Uint8Array(8);
     writeU64(field, 0, Number(bits));
     await this.#writeMetadata(72, field, "features_update");
-    await this.#device.flush();
+    await this.#sync();
     this.#header.incompatibleFeatures = bits;
   }
 
@@ -377,12 +409,13 @@ export class Qcow2Image implements Image {
       tableClusters: h.refcountTableClusters,
       cacheCapacity: 16,
       writeMetadata: (offset, data, event) => this.#writeMetadata(offset, data, event),
+      sync: () => this.#sync(),
       switchTable: async (offset, clusters) => {
         const fields = new Uint8Array(12);
         writeU64(fields, 0, offset);
         writeU32(fields, 8, clusters);
+        // Flushed by the caller once it switched too: a failed flush must not undo the switch.
         await this.#writeMetadata(48, fields, "reftable_update");
-        await this.#device.flush();
         h.refcountTableOffset = offset;
         h.refcountTableClusters = clusters;
         this.#overlap?.clear(REGION_REFCOUNT_TABLE);
@@ -420,18 +453,13 @@ export class Qcow2Image implements Image {
     }
     // The snapshot table, and the L1 (and L2) tables of the snapshots.
     const fileSize = this.#device.size;
-    let at = h.snapshotsOffset;
-    const l1s: [number, number][] = [];
-    for (let i = 0; i < h.nbSnapshots; i++) {
-      at = Math.ceil(at / 8) * 8;
-      const entry = new Uint8Array(SNAPSHOT_ENTRY_BYTES);
-      const available = Math.min(SNAPSHOT_ENTRY_BYTES, fileSize - at);
-      if (available > 0) await this.#device.read(entry.subarray(0, available), at);
-      l1s.push([readU64(entry, 0), readU32(entry, 8)]);
-      at += SNAPSHOT_ENTRY_BYTES + readU32(entry, 36) + readU16(entry, 12) + readU16(entry, 14);
-    }
-    map.add(REGION_SNAPSHOT_TABLE, h.snapshotsOffset, at - h.snapshotsOffset);
-    for (const [offset, entries] of l1s) {
+    const table = await snapshots.readSnapshots({
+      device: this.#device,
+      header: h,
+      size: () => this.#size,
+    });
+    map.add(REGION_SNAPSHOT_TABLE, h.snapshotsOffset, table.size);
+    for (const { l1TableOffset: offset, l1Size: entries } of table.entries) {
       map.add(REGION_INACTIVE_L1, offset, entries * 8);
       if (!map.tracks(REGION_INACTIVE_L2) || entries === 0) continue;
       if (offset % cs !== 0 || offset + entries * 8 > fileSize || entries * 8 > MAX_L1_BYTES) {
@@ -473,7 +501,7 @@ export class Qcow2Image implements Image {
       writeU64(field, 0, Number(bits));
       try {
         await this.#device.write(field, 72);
-        await this.#device.flush();
+        await this.#sync();
         this.#header.incompatibleFeatures = bits;
       } catch {
         // The request fails anyway; the image refuses I/O from now on.
@@ -485,6 +513,111 @@ export class Qcow2Image implements Image {
   /** Whether the image has been marked corrupt while open (it then refuses all I/O). */
   get corrupt(): boolean {
     return this.#corrupt;
+  }
+
+  /** Lists the internal snapshots, in table order. */
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    this.#assertOpen();
+    return await this.#lock.shared(() => snapshots.listSnapshots(this.#snapshotHost()));
+  }
+
+  /**
+   * Creates an internal snapshot of the active state (as `qemu-img snapshot -c`), optionally
+   * with saved VM state kept as opaque bytes.
+   *
+   * @example Taking, changing and reverting
+   * ```ts
+   * import { createQcow2, MemoryDevice, Qcow2Image } from "@qcowlab/qcowlab";
+   *
+   * const device = new MemoryDevice();
+   * await createQcow2(device, { size: 1 << 20 });
+   * await using image = await Qcow2Image.open(device, { readOnly: false });
+   * await image.write(new Uint8Array(512).fill(1), 0);
+   * await image.createSnapshot("before");
+   * await image.write(new Uint8Array(512).fill(2), 0);
+   * await image.applySnapshot("before");
+   * const sector = new Uint8Array(512);
+   * await image.read(sector, 0);
+   * console.log(sector[0]); // 1
+   * ```
+   */
+  createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+    return this.#snapshotOp((host) => snapshots.createSnapshot(host, name, options));
+  }
+
+  /** Reverts the active state to a snapshot (as `qemu-img snapshot -a`); the snapshot stays. */
+  applySnapshot(idOrName: string, options: SnapshotLookupOptions = {}): Promise<SnapshotInfo> {
+    return this.#snapshotOp((host) => snapshots.applySnapshot(host, idOrName, options));
+  }
+
+  /** Deletes a snapshot (as `qemu-img snapshot -d`, which matches names only). */
+  deleteSnapshot(idOrName: string, options: SnapshotLookupOptions = {}): Promise<SnapshotInfo> {
+    return this.#snapshotOp((host) => snapshots.deleteSnapshot(host, idOrName, options));
+  }
+
+  /**
+   * A read-only image of a snapshot's contents without applying it (as `qemu-img convert -l`,
+   * which reads it with the image's current size: pass `size: image.size` for that). It shares
+   * this image's device and backing chain; close it before this image.
+   */
+  async snapshotView(idOrName: string, options: SnapshotViewOptions = {}): Promise<Image> {
+    this.#assertOpen();
+    return await this.#lock.shared(() =>
+      snapshots.snapshotView(this.#snapshotHost(), idOrName, options)
+    );
+  }
+
+  /** The VM state saved with a snapshot (empty when it has none). */
+  async readSnapshotVmState(
+    idOrName: string,
+    options: SnapshotLookupOptions = {},
+  ): Promise<Uint8Array> {
+    this.#assertOpen();
+    return await this.#lock.shared(() =>
+      snapshots.readSnapshotVmState(this.#snapshotHost(), idOrName, options)
+    );
+  }
+
+  async #snapshotOp(op: (host: SnapshotHost) => Promise<SnapshotInfo>): Promise<SnapshotInfo> {
+    this.#assertWritable();
+    let result: SnapshotInfo | undefined;
+    await this.#exclusive(async () => {
+      result = await op(this.#snapshotHost());
+    });
+    return result!;
+  }
+
+  /** The image's internals, for the snapshot operations (see snapshot_ops.ts). */
+  #snapshotHost(): SnapshotHost {
+    return {
+      device: this.#device,
+      header: this.#header,
+      extended: this.#extended,
+      refcounts: this.#refcounts,
+      size: () => this.#size,
+      setSize: (size) => this.#size = size,
+      l1: () => this.#l1,
+      growL1: (entries) => this.#growL1(entries),
+      dropL2Cache: async () => {
+        await this.#cache.flush();
+        this.#cache.clear();
+      },
+      writeMetadata: (offset, data, event, own) => this.#writeMetadata(offset, data, event, own),
+      rebuildOverlap: () => this.#buildOverlapMap(),
+      openView: (header, l1) => {
+        const view = new Qcow2Image(this.#device, header, l1, { readOnly: true });
+        const backing = this.#backing;
+        // The view borrows the backing chain: closing the view leaves it open.
+        view.#backing = backing && new Proxy(backing, {
+          get: (target, key) => {
+            if (key === "close" || key === Symbol.asyncDispose) return () => Promise.resolve();
+            const value = Reflect.get(target, key, target);
+            return typeof value === "function" ? value.bind(target) : value;
+          },
+        });
+        return view;
+      },
+    };
   }
 
   /** Always "qcow2". */
@@ -563,7 +696,8 @@ export class Qcow2Image implements Image {
       const part = buffer.subarray(done, done + extent.length);
       switch (extent.kind) {
         case KIND_DATA:
-          await this.#readHost(part, extent.host);
+          if (this.#cipher) await this.#readEncrypted(part, extent.host, at);
+          else await this.#readHost(part, extent.host);
           break;
         case KIND_ZERO:
           part.fill(0);
@@ -587,7 +721,10 @@ export class Qcow2Image implements Image {
     assertInside(offset, Math.max(length, 1), this.#size, this.filename);
     const extent = await this.#lock.shared(() => this.#lookup(offset, length));
     const status: BlockStatus = { length: extent.length, kind: KIND_NAMES[extent.kind]! };
-    if (extent.host >= 0 && extent.kind !== KIND_COMPRESSED) status.hostOffset = extent.host;
+    // Encrypted host bytes are not the guest's: no offset, as in QEMU.
+    if (extent.host >= 0 && extent.kind !== KIND_COMPRESSED && !this.#cipher) {
+      status.hostOffset = extent.host;
+    }
     return status;
   }
 
@@ -601,6 +738,7 @@ export class Qcow2Image implements Image {
       "cluster-size": this.#clusterSize,
       format: "qcow2",
       "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
+      ...(this.#cipher ? { encrypted: true } : {}),
       "format-specific": {
         type: "qcow2",
         data: v3
@@ -609,10 +747,16 @@ export class Qcow2Image implements Image {
             "compression-type": h.compressionType === 1 ? "zstd" : "zlib",
             "lazy-refcounts": (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n,
             "refcount-bits": 2 ** h.refcountOrder,
+            ...(this.#cipher ? { encrypt: { format: "aes" as const } } : {}),
             corrupt: (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n,
             "extended-l2": this.#extended,
           }
-          : { compat: "0.10", "compression-type": "zlib", "refcount-bits": 16 },
+          : {
+            compat: "0.10",
+            "compression-type": "zlib",
+            "refcount-bits": 16,
+            ...(this.#cipher ? { encrypt: { format: "aes" as const } } : {}),
+          },
       },
     };
     const actual = (this.#device as { allocatedBytes?: number }).allocatedBytes;
@@ -635,7 +779,7 @@ export class Qcow2Image implements Image {
         if (this.#dirty && this.#lazy) {
           // A clean close: refcounts written, then the dirty bit cleared.
           await this.#refcounts!.flush();
-          await this.#device.flush();
+          await this.#sync();
           await this.#writeFeatures(this.#header.incompatibleFeatures & ~INCOMPAT_DIRTY);
         }
       }
@@ -676,6 +820,7 @@ export class Qcow2Image implements Image {
           if (this.#overlap?.check(now, data.length) !== undefined) {
             await this.#checkOverlap(now, data.length, 0);
           }
+          this.#device.event?.("write_aio");
           return await this.#device.write(data, now);
         }
       } finally {
@@ -734,6 +879,12 @@ export class Qcow2Image implements Image {
    */
   async writeCompressed(data: Uint8Array, offset: number): Promise<void> {
     this.#assertWritable();
+    if (this.#cipher) {
+      throw new QcowError(
+        "UNSUPPORTED_FEATURE",
+        "Compression is not supported for encrypted images (as in QEMU)",
+      );
+    }
     assertInside(offset, data.length, this.#size, this.filename);
     const cs = this.#clusterSize;
     if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== this.#size)) {
@@ -768,6 +919,10 @@ export class Qcow2Image implements Image {
         "INVALID_ARGUMENT",
         `The new size must be a multiple of 512, got ${size}`,
       );
+    }
+    if (size !== this.#size && this.#header.nbSnapshots > 0 && this.#header.version < 3) {
+      // Version 2 snapshots do not record their disk size, so QEMU refuses.
+      throw new QcowError("UNSUPPORTED_FEATURE", "Can't resize a v2 image which has snapshots");
     }
     await this.#exclusive(async () => {
       if (size < this.#size) {
@@ -818,7 +973,7 @@ export class Qcow2Image implements Image {
       writeU64(field, 0, size);
       await this.#cache.flush();
       await this.#writeMetadata(24, field, "size_update");
-      await this.#device.flush();
+      await this.#sync();
       this.#header.size = size;
       this.#size = size;
     });
@@ -841,7 +996,9 @@ export class Qcow2Image implements Image {
         if (entryOffset(readU32(current, e), readU32(current, e + 4)) !== 0) continue;
         const host = await this.#refcounts!.allocate(1);
         // A cluster freed earlier (an old L1 or refcount table) still holds its old bytes.
-        if (host < this.#device.size) await this.#writeData(new Uint8Array(cs), host);
+        if (host < this.#device.size || this.#cipher) {
+          await this.#writeData(new Uint8Array(cs), host, start);
+        }
         const table = await this.#table(l2Offset);
         writeU32(table, e, hostHi(host));
         writeU32(table, e + 4, hostLo(host));
@@ -858,10 +1015,12 @@ export class Qcow2Image implements Image {
   async flush(): Promise<void> {
     this.#assertWritable();
     await this.#exclusive(async () => {
+      this.#device.event?.("flush_to_os");
       await this.#cache.flush();
       // With lazy refcounts a dirty image keeps its refcount updates in memory until close.
       if (!this.#dirty) await this.#refcounts!.flush();
-      await this.#device.flush();
+      this.#device.event?.("flush_to_disk");
+      await this.#sync();
     });
   }
 
@@ -904,18 +1063,35 @@ export class Qcow2Image implements Image {
   }
 
   /** Writes metadata; the one place every metadata write goes through. */
-  async #writeMetadata(offset: number, data: Uint8Array, event: string): Promise<void> {
+  async #writeMetadata(
+    offset: number,
+    data: Uint8Array,
+    event: string,
+    ownMask?: number,
+  ): Promise<void> {
     const own = EVENT_REGION[event];
     if (this.#corrupt) throw corrupt("Image is corrupt");
     if (this.#overlap !== undefined) {
-      await this.#checkOverlap(offset, data.length, own === undefined ? 0 : 1 << own);
+      const ignore = ownMask ?? (own === undefined ? 0 : 1 << own);
+      await this.#checkOverlap(offset, data.length, ignore);
       if (own === REGION_REFCOUNT_BLOCK && event !== "refblock_update") {
         // A new refcount block, about to be hooked into the table.
         this.#overlap.add(REGION_REFCOUNT_BLOCK, offset, data.length);
       }
     }
     this.#forgetDecompressed();
-    await this.#device.write(data, offset);
+    if (isDriverEvent(event)) this.#device.event?.(event);
+    try {
+      await this.#device.write(data, offset);
+    } catch (error) {
+      // New refcount blocks (or a new refcount table) that did not reach the disk or were not
+      // hooked up are no metadata: guarding them would make their clusters' next user look like
+      // an overlap.
+      if (this.#overlap && (event.startsWith("refblock_alloc") || event === "reftable_update")) {
+        await this.#buildOverlapMap().catch(() => {});
+      }
+      throw error;
+    }
   }
 
   /**
@@ -949,23 +1125,26 @@ export class Qcow2Image implements Image {
       return old;
     }
     let copy: Uint8Array | undefined;
+    if (old !== 0) this.#device.event?.("l2_alloc_cow_read");
     if (old !== 0) copy = (await this.#loadL2ForWrite(old, l1Index)).slice();
     const fresh = await this.#refcounts!.allocate(1);
     const table = await this.#cache.create(fresh);
     if (copy) table.set(copy);
+    this.#device.event?.("l2_alloc_write");
     // The new table must be on disk (after the refcounts that cover it) before L1 points to it.
     await this.#cache.flush();
     const entry = new Uint8Array(8);
     writeU32(entry, 0, hostHi(fresh));
     writeU32(entry, 4, hostLo(fresh));
     await this.#writeMetadata(this.#header.l1TableOffset + p, entry, "l1_update");
-    await this.#device.flush();
+    // The device holds the new entry now: follow it even if the flush below fails.
     this.#l1.set(entry, p);
     if (old !== 0) {
       this.#overlap?.remove(REGION_ACTIVE_L2, old, this.#clusterSize);
       this.#pendingFrees.push([old, this.#clusterSize]);
     }
     this.#overlap?.add(REGION_ACTIVE_L2, fresh, this.#clusterSize);
+    await this.#sync();
     return fresh;
   }
 
@@ -1003,14 +1182,57 @@ export class Qcow2Image implements Image {
     return Math.floor((clusterStart % this.#l2Span) / this.#clusterSize);
   }
 
-  async #writeData(data: Uint8Array, host: number): Promise<void> {
+  /** Writes data clusters; `guest` (the virtual offset of `data[0]`) is needed to encrypt. */
+  async #writeData(data: Uint8Array, host: number, guest?: number): Promise<void> {
     await this.#checkOverlap(host, data.length, 0);
     this.#forgetDecompressed();
+    if (this.#cipher && guest !== undefined) {
+      const copy = data.slice();
+      this.#cipher.encrypt(copy, guest / AES_SECTOR_SIZE);
+      data = copy;
+    }
+    // Compressed clusters are the only data written without a guest offset.
+    this.#device.event?.(guest === undefined ? "write_compressed" : "write_aio");
+    this.#dataUnsynced = true;
     await this.#device.write(data, host);
+  }
+
+  /**
+   * Flushes the device. Every flush goes through here so that it is known whether data written
+   * since may still be only in a disk cache.
+   */
+  async #sync(): Promise<void> {
+    const before = this.#dataUnsynced;
+    this.#dataUnsynced = false;
+    try {
+      await this.#device.flush();
+    } catch (error) {
+      this.#dataUnsynced ||= before;
+      throw error;
+    }
+  }
+
+  /** Reads and decrypts data at `host` holding virtual offset `guest`, in whole sectors. */
+  async #readEncrypted(part: Uint8Array, host: number, guest: number): Promise<void> {
+    const lead = guest % AES_SECTOR_SIZE;
+    const span = Math.ceil((lead + part.length) / AES_SECTOR_SIZE) * AES_SECTOR_SIZE;
+    const sectors = new Uint8Array(span);
+    await this.#readHost(sectors, host - lead);
+    this.#cipher!.decrypt(sectors, (guest - lead) / AES_SECTOR_SIZE);
+    part.set(sectors.subarray(lead, lead + part.length));
   }
 
   /** Writes `chunk` at `within` bytes into the cluster starting at virtual `start`. */
   async #writeInCluster(start: number, within: number, chunk: Uint8Array): Promise<void> {
+    if (this.#cipher && (within % AES_SECTOR_SIZE !== 0 || chunk.length % AES_SECTOR_SIZE !== 0)) {
+      // Encryption works on whole sectors: widen the write with the sectors' current contents.
+      const from = within - (within % AES_SECTOR_SIZE);
+      const to = Math.ceil((within + chunk.length) / AES_SECTOR_SIZE) * AES_SECTOR_SIZE;
+      const sectors = new Uint8Array(to - from);
+      await this.#readUnlocked(sectors, start + from);
+      sectors.set(chunk, within - from);
+      return await this.#writeInCluster(start, from, sectors);
+    }
     const l2Offset = await this.#l2ForWrite(start);
     const index = this.#l2Index(start);
     let table = await this.#table(l2Offset);
@@ -1031,7 +1253,7 @@ export class Qcow2Image implements Image {
       await this.#checkClusterForWrite(host, l2Offset, index);
     }
     if (kind === KIND_DATA && entryCopied(hi)) {
-      await this.#writeData(chunk, host + within);
+      await this.#writeData(chunk, host + within, start + within);
       return;
     }
     const whole = within === 0 && chunk.length === cs;
@@ -1039,18 +1261,19 @@ export class Qcow2Image implements Image {
     const reuse = kind === KIND_ZERO && host !== 0 && entryCopied(hi);
     const target = reuse ? host : await this.#refcounts!.allocate(1);
     if (whole) {
-      await this.#writeData(chunk, target);
+      await this.#writeData(chunk, target, start);
     } else {
       const zeroBefore = kind === KIND_ZERO ||
         (kind === KIND_UNALLOCATED && !this.#backingCovers(start));
-      if (zeroBefore && !reuse && target >= this.#device.size) {
+      if (zeroBefore && !reuse && target >= this.#device.size && !this.#cipher) {
         // Past the end of the file the rest of the cluster reads as zeros already.
-        await this.#writeData(chunk, target + within);
+        await this.#writeData(chunk, target + within, start + within);
       } else {
         const buffer = new Uint8Array(cs);
+        if (!zeroBefore) this.#device.event?.("cow_read");
         if (!zeroBefore) await this.#readUnlocked(buffer, start);
         buffer.set(chunk, within);
-        await this.#writeData(buffer, target);
+        await this.#writeData(buffer, target, start);
       }
     }
     table = await this.#table(l2Offset);
@@ -1071,7 +1294,7 @@ export class Qcow2Image implements Image {
   #inPlaceHost(offset: number, length: number): number {
     const cs = this.#clusterSize;
     const within = offset % cs;
-    if (within + length > cs || this.#extended) return -1;
+    if (within + length > cs || this.#extended || this.#cipher) return -1;
     const l1Index = Math.floor(offset / this.#l2Span);
     if (l1Index >= this.#header.l1Size) return -1;
     const p = l1Index * 8;
@@ -1114,13 +1337,14 @@ export class Qcow2Image implements Image {
     const fresh = host === 0;
     if (fresh) host = await this.#refcounts!.allocate(1);
     if (within === regionStart && chunk.length === regionLength) {
-      await this.#writeData(chunk, host + regionStart);
+      await this.#writeData(chunk, host + regionStart, start + regionStart);
     } else {
       const buffer = new Uint8Array(regionLength);
       // The current contents of the edge subclusters: our data, zeros or the backing file.
+      this.#device.event?.("cow_read");
       await this.#readUnlocked(buffer, start + regionStart);
       buffer.set(chunk, within - regionStart);
-      await this.#writeData(buffer, host + regionStart);
+      await this.#writeData(buffer, host + regionStart, start + regionStart);
     }
     table = await this.#table(l2Offset);
     const mask = last - first === 31
@@ -1156,6 +1380,7 @@ export class Qcow2Image implements Image {
       writeU32(table, e + 8, 0);
       writeU32(table, e + 12, 0);
     }
+    this.#device.event?.("l2_update_compressed");
     this.#cache.markDirty(l2Offset);
     this.#releaseEntry(hi, lo);
   }
@@ -1311,6 +1536,7 @@ export class Qcow2Image implements Image {
     const oldBytes = h.l1Size * 8;
     const oldClusters = Math.ceil(oldBytes / cs);
     const newClusters = Math.ceil((entries * 8) / cs);
+    this.#device.event?.("l1_grow_alloc_table");
     const l1 = new Uint8Array(entries * 8);
     l1.set(this.#l1);
     let offset = h.l1TableOffset;
@@ -1319,22 +1545,23 @@ export class Qcow2Image implements Image {
       offset = await this.#refcounts!.allocate(newClusters);
       await this.#refcounts!.flush();
       await this.#writeMetadata(offset, l1, "l1_grow_write_table");
-      await this.#device.flush();
+      await this.#sync();
     } else {
       await this.#writeMetadata(offset + oldBytes, l1.subarray(oldBytes), "l1_grow_write_table");
-      await this.#device.flush();
+      await this.#sync();
     }
     const fields = new Uint8Array(12);
     writeU32(fields, 0, entries);
     writeU64(fields, 4, offset);
     await this.#writeMetadata(36, fields, "l1_grow_activate_table");
-    await this.#device.flush();
+    // The device's header names the new table now: follow it even if the flush below fails.
     if (moving && oldClusters > 0) this.#pendingFrees.push([h.l1TableOffset, oldClusters * cs]);
     this.#overlap?.remove(REGION_ACTIVE_L1, h.l1TableOffset, oldBytes);
     this.#overlap?.add(REGION_ACTIVE_L1, offset, entries * 8);
     h.l1Size = entries;
     h.l1TableOffset = offset;
     this.#l1 = l1;
+    await this.#sync();
   }
 
   #assertOpen(): void {
@@ -1530,6 +1757,7 @@ export class Qcow2Image implements Image {
 
   /** Reads host bytes; what lies past the end of the file reads as zeros, as in QEMU. */
   async #readHost(part: Uint8Array, host: number): Promise<void> {
+    this.#device.event?.("read_aio");
     const available = this.#device.size - host;
     if (available >= part.length) return this.#device.read(part, host);
     if (available > 0) {
@@ -1547,6 +1775,7 @@ export class Qcow2Image implements Image {
       return;
     }
     const n = Math.min(part.length, backing.size - at);
+    this.#device.event?.("read_backing_aio");
     await backing.read(part.subarray(0, n), at);
     if (n < part.length) part.fill(0, n);
   }
@@ -1572,6 +1801,7 @@ export class Qcow2Image implements Image {
     // As in QEMU, what lies past the end of the file reads as zeros: the last compressed
     // stream in a file often ends before the end of its last sector.
     const input = new Uint8Array(length);
+    this.#device.event?.("read_compressed");
     await this.#device.read(input.subarray(0, Math.min(length, available)), offset);
     this.#compressedKey = offset;
     this.#compressedLength = length;

@@ -29,6 +29,8 @@ export interface RefcountsContext {
   writeMetadata: (offset: number, data: Uint8Array, event: string) => Promise<void>;
   /** Points the header at a new refcount table (one write) and makes it durable. */
   switchTable: (offset: number, clusters: number) => Promise<void>;
+  /** Makes every completed write durable; default: the device's flush. */
+  sync?: () => Promise<void>;
 }
 
 function corrupt(message: string): QcowError {
@@ -75,7 +77,7 @@ export class Refcounts {
       load: (offset, block) => this.#loadBlock(offset, block),
       store: (offset, block) => ctx.writeMetadata(offset, block, "refblock_update"),
       // Durable before any L2 table that depends on these counts is written (as QEMU does).
-      sync: () => ctx.device.flush(),
+      sync: () => this.#sync(),
     });
   }
 
@@ -88,6 +90,7 @@ export class Refcounts {
   static async load(ctx: RefcountsContext): Promise<Refcounts> {
     const clusterSize = 2 ** ctx.clusterBits;
     const raw = new Uint8Array(ctx.tableClusters * clusterSize);
+    ctx.device.event?.("reftable_load");
     await ctx.device.read(raw, ctx.tableOffset);
     const table: number[] = new Array(raw.length / 8);
     for (let i = 0; i < table.length; i++) {
@@ -131,6 +134,7 @@ export class Refcounts {
    * @returns The host offset of the first cluster.
    */
   async allocate(count: number): Promise<number> {
+    this.#ctx.device.event?.("cluster_alloc");
     for (;;) {
       const start = await this.#findFree(count, this.#freeHint);
       // New refcount blocks for the run go after it, as QEMU places them.
@@ -156,6 +160,7 @@ export class Refcounts {
    * @returns The host byte offset.
    */
   async allocateBytes(bytes: number): Promise<number> {
+    this.#ctx.device.event?.("cluster_alloc_bytes");
     const cs = this.#clusterSize;
     let offset = this.#byteCursor;
     if (offset !== 0 && offset % cs !== 0) {
@@ -181,7 +186,9 @@ export class Refcounts {
    * @throws {QcowError} `CORRUPT_METADATA` when a refcount would leave its range.
    */
   async update(first: number, count: number, delta: number): Promise<void> {
-    for (let index = first; index < first + count; index++) {
+    const end = first + count;
+    const cursorCluster = Math.floor(this.#byteCursor / this.#clusterSize);
+    for (let index = first; index < end;) {
       const r = Math.floor(index / this.#perBlock);
       let blockOffset = this.#table[r] ?? 0;
       if (blockOffset === 0) {
@@ -189,25 +196,47 @@ export class Refcounts {
         blockOffset = await this.#ensureBlock(r);
       }
       const block = this.cache.peek(blockOffset) ?? await this.cache.get(blockOffset);
-      const within = index % this.#perBlock;
-      const value = readRefcount(block, within, this.#order) + delta;
-      if (value < 0) throw corrupt(`Refcount of cluster ${index} would drop below 0`);
-      if (value > this.#max) {
-        throw corrupt(`Refcount of cluster ${index} would exceed ${this.#max}`);
-      }
-      writeRefcount(block, within, this.#order, value);
       this.cache.markDirty(blockOffset);
-      if (value === 0 && index < this.#freeHint) this.#freeHint = index;
-      // A freed cluster may come back as anything; compressed data must not be packed into it.
-      if (value === 0 && index === Math.floor(this.#byteCursor / this.#clusterSize)) {
-        this.#byteCursor = 0;
+      // The rest of the run inside this block, without awaiting (snapshots update millions).
+      const stop = Math.min(end, (r + 1) * this.#perBlock);
+      if (delta > 0 && stop > this.#end) this.#end = stop;
+      const order = this.#order;
+      const max = this.#max;
+      let freed = -1;
+      for (let within = index - r * this.#perBlock; index < stop; index++, within++) {
+        // 16-bit entries (the default width) inline; the others through refcount_math.
+        const value = (order === 4
+          ? (block[within * 2]! << 8) | block[within * 2 + 1]!
+          : readRefcount(block, within, order)) + delta;
+        if (value < 0) {
+          throw corrupt(`Refcount of cluster ${index} would drop below 0`);
+        }
+        if (value > max) {
+          throw corrupt(`Refcount of cluster ${index} would exceed ${max}`);
+        }
+        if (order === 4) {
+          block[within * 2] = value >>> 8;
+          block[within * 2 + 1] = value;
+        } else {
+          writeRefcount(block, within, order, value);
+        }
+        if (value === 0) {
+          if (freed < 0) {
+            freed = index;
+          }
+          // A freed cluster may come back as anything; compressed data must not be packed into it.
+          if (index === cursorCluster) {
+            this.#byteCursor = 0;
+          }
+        }
       }
-      if (delta > 0 && index >= this.#end) this.#end = index + 1;
+      if (freed >= 0 && freed < this.#freeHint) this.#freeHint = freed;
     }
   }
 
   /** Drops the refcount of the clusters holding `[offset, offset + bytes)` by one. */
   async free(offset: number, bytes: number): Promise<void> {
+    this.#ctx.device.event?.("cluster_free");
     const cs = this.#clusterSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + bytes - 1) / cs);
@@ -223,7 +252,18 @@ export class Refcounts {
     if (offset % this.#clusterSize !== 0 || offset + this.#clusterSize > this.#ctx.device.size) {
       throw corrupt(`Refcount block at 0x${offset.toString(16)} is unaligned or past the end`);
     }
+    this.#ctx.device.event?.("refblock_load");
     await this.#ctx.device.read(block, offset);
+  }
+
+  /**
+   * The refcount block covering cluster `index` as cached right now (read entries with
+   * refcount_math's `readRefcount`): null when no block covers it (all its refcounts are 0),
+   * undefined when it is not cached (use {@linkcode Refcounts.get}). Valid until the next await.
+   */
+  peekBlock(index: number): Uint8Array | null | undefined {
+    const blockOffset = this.#table[Math.floor(index / this.#perBlock)] ?? 0;
+    return blockOffset === 0 ? null : this.cache.peek(blockOffset);
   }
 
   /** The refcount of `index` if its block is cached or absent, else undefined. */
@@ -246,17 +286,38 @@ export class Refcounts {
     const [reservedStart, reservedEnd] = this.#reserved;
     while (run < count) {
       if (index >= this.#end && index >= reservedEnd) return start; // the rest is free
-      const taken = index >= reservedStart && index < reservedEnd;
-      const refcount = taken ? 1 : this.#peekRefcount(index) ?? await this.get(index);
-      if (refcount === 0) {
-        run++;
-        advancing = false;
-      } else {
-        run = 0;
-        start = index + 1;
-        if (advancing) this.#freeHint = start;
+      // Scan the rest of this refcount block without awaiting (a full image has millions).
+      const r = Math.floor(index / this.#perBlock);
+      const blockOffset = this.#table[r] ?? 0;
+      const block = blockOffset === 0
+        ? undefined
+        : this.cache.peek(blockOffset) ?? await this.cache.get(blockOffset);
+      const stop = Math.min((r + 1) * this.#perBlock, Math.max(this.#end, reservedEnd));
+      const order = this.#order;
+      let hint = -1;
+      for (
+        let within = index - r * this.#perBlock;
+        index < stop && run < count;
+        index++, within++
+      ) {
+        const taken = index >= reservedStart && index < reservedEnd;
+        const refcount = taken
+          ? 1
+          : block === undefined
+          ? 0
+          : order === 4
+          ? (block[within * 2]! << 8) | block[within * 2 + 1]!
+          : readRefcount(block, within, order);
+        if (refcount === 0) {
+          run++;
+          advancing = false;
+        } else {
+          run = 0;
+          start = index + 1;
+          if (advancing) hint = start;
+        }
       }
-      index++;
+      if (hint >= 0) this.#freeHint = hint;
     }
     return start;
   }
@@ -270,6 +331,7 @@ export class Refcounts {
         await this.#growTable(r);
         continue;
       }
+      this.#ctx.device.event?.("refblock_alloc");
       const cluster = await this.#findFree(1, this.#freeHint);
       const home = Math.floor(cluster / this.#perBlock);
       const block = new Uint8Array(this.#clusterSize);
@@ -301,6 +363,7 @@ export class Refcounts {
    * write, then the old table is freed.
    */
   async #growTable(needed: number): Promise<void> {
+    this.#ctx.device.event?.("reftable_grow");
     const cs = this.#clusterSize;
     const perBlock = this.#perBlock;
     const perTableCluster = cs / 8;
@@ -353,7 +416,7 @@ export class Refcounts {
     const raw = new Uint8Array(tableClusters * cs);
     table.forEach((offset, i) => writeU64(raw, i * 8, offset));
     await this.#ctx.writeMetadata(tableStart * cs, raw, "refblock_alloc_write_table");
-    await this.#ctx.device.flush();
+    await this.#sync();
     await this.#ctx.switchTable(tableStart * cs, tableClusters);
 
     const oldOffset = this.#tableOffset;
@@ -362,6 +425,12 @@ export class Refcounts {
     this.#tableOffset = tableStart * cs;
     this.#tableClusters = tableClusters;
     if (areaEnd > this.#end) this.#end = areaEnd;
+    // The header switch is durable before the old table can be reused.
+    await this.#sync();
     await this.update(oldOffset / cs, oldClusters, -1);
+  }
+
+  #sync(): Promise<void> {
+    return this.#ctx.sync ? this.#ctx.sync() : this.#ctx.device.flush();
   }
 }

@@ -1,0 +1,23 @@
+/**
+ * A small seeded pseudo-random generator, so sampled crash states are reproducible.
+ *
+ * @module
+ */
+
+/** Returns a generator of floats in [0, 1) determined by the seeds (mulberry32 over a mixed seed). */
+export function seededRandom(...seeds: number[]): () => number {
+  let state = 0x9e3779b9;
+  for (const seed of seeds) {
+    state = Math.imul(state ^ (seed >>> 0), 0x85ebca6b);
+    state = Math.imul(state ^ (state >>> 13), 0xc2b2ae35);
+    state ^= Math.floor(seed / 2 ** 32);
+    state ^= state >>> 16;
+  }
+  return () => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
