@@ -248,3 +248,28 @@ Deno.test("FileDevice.allocatedBytes counts blocks on disk, not the apparent siz
   assert.ok(written >= 1024 * 1024, `1 MiB of data occupies only ${written} bytes`);
   assert.ok(written < 8 * 1024 * 1024, `1 MiB of data occupies ${written} bytes`);
 });
+
+Deno.test("FileDevice write-behind starts background syncs that close and flush wait for", async () => {
+  await using dir = await tempDir();
+  const path = await dir.file("behind.bin", new Uint8Array(0));
+  const device = FileDevice.open(path, { readOnly: false, writeBehind: 4096 });
+  // Every write crosses the threshold: a sync is started while the next writes go on.
+  for (let i = 0; i < 64; i++) await device.write(pattern(8192).fill(i, 0, 1), i * 8192);
+  await device.flush();
+  await device.write(pattern(8192), 64 * 8192);
+  // Closing with a background sync in flight must neither fail nor lose the descriptor's data.
+  await device.close();
+  assert.deepEqual(openFilesUnder(dir.path), []);
+  const bytes = await Deno.readFile(path);
+  assert.equal(bytes.length, 65 * 8192);
+  for (let i = 0; i < 64; i++) assert.equal(bytes[i * 8192], i);
+});
+
+Deno.test("FileDevice.open() refuses a writeBehind that is not a byte count", () => {
+  for (const writeBehind of [-1, 1.5, NaN]) {
+    assert.throws(() => FileDevice.open("/nonexistent", { readOnly: false, writeBehind }), {
+      name: "QcowError",
+      code: "INVALID_ARGUMENT",
+    });
+  }
+});
