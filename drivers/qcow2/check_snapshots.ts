@@ -38,7 +38,7 @@ export async function readSnapshotTable(
   repairing: boolean,
 ): Promise<string | undefined> {
   const raw = await image.read(60, 12);
-  const count = readU32(raw, 0);
+  let count = readU32(raw, 0);
   const offsetHi = readU32(raw, 4);
   const offsetLo = readU32(raw, 8);
   const offset = readU64(raw, 4);
@@ -47,6 +47,12 @@ export async function readSnapshotTable(
     res.checkErrors++;
     return reason;
   };
+  if (count > MAX_SNAPSHOTS && repairing) {
+    // As QEMU: the snapshots past the limit go; what only they referenced becomes leaks.
+    image.messages.push(`Discarding ${count - MAX_SNAPSHOTS} overhanging snapshots`);
+    res.corruptions += count - MAX_SNAPSHOTS;
+    count = MAX_SNAPSHOTS;
+  }
   if (count > MAX_SNAPSHOTS) {
     return fail([
       "qemu-img: ERROR snapshot table too large",
@@ -65,6 +71,7 @@ export async function readSnapshotTable(
   const snapshots: CheckSnapshot[] = [];
   let at = offset;
   for (let i = 0; i < count; i++) {
+    const entryStart = at;
     at = Math.ceil(at / 8) * 8;
     const entry = await image.read(at, SNAPSHOT_ENTRY_BYTES);
     at += SNAPSHOT_ENTRY_BYTES;
@@ -90,6 +97,14 @@ export async function readSnapshotTable(
     const nameLength = readU16(entry, 14);
     const strings = await image.read(at, idLength + nameLength);
     at += idLength + nameLength;
+    if (at - offset > MAX_SNAPSHOT_TABLE_BYTES && repairing) {
+      image.messages.push(
+        `Discarding ${count - i} overhanging snapshots (snapshot table is too big)`,
+      );
+      res.corruptions += count - i;
+      at = entryStart;
+      break;
+    }
     if (at - offset > MAX_SNAPSHOT_TABLE_BYTES) {
       return fail([
         "qemu-img: ERROR failed to read the snapshot table: Snapshot table is too big",
