@@ -97,7 +97,10 @@ export async function readSnapshotTable(
     const nameLength = readU16(entry, 14);
     const strings = await image.read(at, idLength + nameLength);
     at += idLength + nameLength;
-    if (at - offset > MAX_SNAPSHOT_TABLE_BYTES && repairing) {
+    // Repairing, QEMU drops the entries that do not fit; an entry whose extra data it had to cut
+    // short it cannot place, and the check fails as without repair.
+    const whole = extraDataSize === storedExtraData;
+    if (at - offset > MAX_SNAPSHOT_TABLE_BYTES && repairing && whole) {
       image.messages.push(
         `Discarding ${count - i} overhanging snapshots (snapshot table is too big)`,
       );
