@@ -19,31 +19,20 @@
  */
 
 import { checkQcow2, type CheckResult, FileDevice } from "../mod.ts";
-import { qemuImgVersion, run } from "./_qemu.ts";
-import { loadAverage, log, median, printTable } from "./_report.ts";
+import { METADATA_IMAGE_SIZE, type MetadataCase, run, withMetadataImages } from "./_qemu.ts";
+import { log, median, printTable, runStandalone } from "./_report.ts";
 
 const KiB = 1024;
-const MiB = 1024 * KiB;
-const GiB = 1024 * MiB;
-
-const IMAGE_SIZE = 4 * GiB;
-const BASELINE_SIZE = MiB;
-const CLUSTER_SIZES = [64 * KiB, 4 * KiB];
+const GiB = 1024 * 1024 * KiB;
 /** Timed rounds; untimed warm-up rounds come first. */
 const RUNS = 15;
 const WARMUP = 2;
 /** Extra untimed qcowlab runs before the rounds, so that the JIT has settled. */
 const JIT_WARMUP = 15;
 
-interface Case {
-  clusterSize: number;
-  path: string;
-  baselinePath: string;
-}
-
 /** Timings of one case, seconds per timed round. */
 interface CaseResult {
-  test: Case;
+  test: MetadataCase;
   totalClusters: number;
   /** The first qcowlab check of this image in the process (the JIT still cold for the first case). */
   first: number;
@@ -56,11 +45,6 @@ interface CaseResult {
 
 function checkArgs(path: string): string[] {
   return ["check", "-f", "qcow2", "--output=json", path];
-}
-
-async function createImage(path: string, clusterSize: number, size: number, full: boolean) {
-  const o = `cluster_size=${clusterSize}${full ? ",preallocation=metadata" : ""}`;
-  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, path, String(size)]);
 }
 
 async function qcowlabCheck(path: string): Promise<CheckResult> {
@@ -81,7 +65,7 @@ async function timeQemu(path: string): Promise<number> {
 }
 
 /** Fails unless qcowlab's result is exactly qemu-img's JSON (plus an empty `messages`). */
-async function verify(test: Case): Promise<number> {
+async function verify(test: MetadataCase): Promise<number> {
   const theirs = JSON.parse(await run("qemu-img", checkArgs(test.path))) as Record<string, unknown>;
   const { messages, ...ours } = await qcowlabCheck(test.path);
   const sorted = (o: Record<string, unknown>): string =>
@@ -99,7 +83,7 @@ async function verify(test: Case): Promise<number> {
   return ours["total-clusters"] ?? 0;
 }
 
-async function measure(test: Case): Promise<CaseResult> {
+async function measure(test: MetadataCase): Promise<CaseResult> {
   const first = await timeQcowlab(test.path);
   const totalClusters = await verify(test);
   const result: CaseResult = {
@@ -145,36 +129,20 @@ async function measure(test: Case): Promise<CaseResult> {
  * @returns Prints the table to stdout.
  */
 export async function checkBench(dir: string): Promise<() => void> {
-  const cases: Case[] = CLUSTER_SIZES.map((clusterSize) => ({
-    clusterSize,
-    path: `${dir}/check-${clusterSize / KiB}k.qcow2`,
-    baselinePath: `${dir}/check-${clusterSize / KiB}k-baseline.qcow2`,
-  }));
-  const results: CaseResult[] = [];
-  try {
-    log(
-      `Timing checkQcow2 against qemu-img check, ${WARMUP} untimed then ${RUNS} rounds ` +
-        `(figures per round):`,
-    );
-    for (const test of cases) {
-      await createImage(test.path, test.clusterSize, IMAGE_SIZE, true);
-      await createImage(test.baselinePath, test.clusterSize, BASELINE_SIZE, false);
-      results.push(await measure(test));
-    }
-  } finally {
-    for (const test of cases) {
-      for (const p of [test.path, test.baselinePath]) await Deno.remove(p).catch(() => {});
-    }
-  }
+  log(
+    `Timing checkQcow2 against qemu-img check, ${WARMUP} untimed then ${RUNS} rounds ` +
+      `(figures per round):`,
+  );
+  const results = await withMetadataImages(dir, "check", measure);
   return () => printResults(results);
 }
 
 function printResults(results: CaseResult[]): void {
   console.log(
-    `\ncheckQcow2 (no repair) on FileDevice vs qemu-img check, ${IMAGE_SIZE / GiB} GiB images ` +
-      `fully allocated with qemu-img create -o preallocation=metadata (all L2 tables and ` +
-      `refcounts written, no guest data, so the files are sparse); page cache warm; median of ` +
-      `${RUNS} rounds`,
+    `\ncheckQcow2 (no repair) on FileDevice vs qemu-img check, ` +
+      `${METADATA_IMAGE_SIZE / GiB} GiB images fully allocated with qemu-img create -o ` +
+      `preallocation=metadata (all L2 tables and refcounts written, no guest data, so the ` +
+      `files are sparse); page cache warm; median of ${RUNS} rounds`,
   );
   const ms = (s: number): string => (s * 1000).toFixed(1);
   printTable(
@@ -221,29 +189,4 @@ function printResults(results: CaseResult[]): void {
   );
 }
 
-async function main(): Promise<void> {
-  const started = performance.now();
-  const version = await qemuImgVersion();
-  const dir = await Deno.makeTempDir({ prefix: "qcowlab-check-bench-" });
-  const onInterrupt = (): void => {
-    Deno.removeSync(dir, { recursive: true });
-    Deno.exit(130);
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const loadBefore = loadAverage();
-    const print = await checkBench(dir);
-    console.log(
-      `qcowlab check benchmark: Deno ${Deno.version.deno}, qemu-img ${version.join(".")}, ` +
-        `${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ` +
-        `${loadAverage()} after`,
-    );
-    print();
-    console.log(`\nTotal time ${((performance.now() - started) / 1000).toFixed(0)} s`);
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-if (import.meta.main) await main();
+if (import.meta.main) await runStandalone("check", checkBench);

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { mulberry32 } from "../core/_random.ts";
+
 /** How `qemu-img bench` wraps its offset at the end of the image. */
 export type BenchWrap = "image" | "usable";
 
@@ -56,31 +58,6 @@ export function qemuBenchOffsets(pattern: QemuBenchPattern): Float64Array {
     else offset = imageSize === 0 ? 0 : offset % imageSize;
   }
   return offsets;
-}
-
-/**
- * The mulberry32 generator: a small, fast, seeded source of 32-bit values.
- *
- * @example
- * ```ts
- * import { mulberry32 } from "./_pattern.ts";
- *
- * const next = mulberry32(1);
- * console.log(next() === mulberry32(1)()); // true
- * ```
- *
- * @param seed Any 32-bit integer.
- * @returns A function returning the next value in [0, 2^32).
- */
-export function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return (): number => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
 }
 
 /**

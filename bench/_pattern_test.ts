@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mulberry32, qemuBenchOffsets, randomOffsets } from "./_pattern.ts";
+import { qemuBenchOffsets, randomOffsets } from "./_pattern.ts";
 
 Deno.test("qemuBenchOffsets() wraps at the image size like qemu-img 7.2", () => {
   const offsets = qemuBenchOffsets({ imageSize: 16384, requestSize: 4096, count: 5, step: 12288 });
@@ -43,12 +43,4 @@ Deno.test("randomOffsets() is aligned, in range and repeatable", () => {
   const b = randomOffsets(1000, { imageSize: 1 << 24, align: 4096, seed: 42 });
   assert.deepEqual([...a], [...b]);
   for (const o of a) assert.ok(o % 4096 === 0 && o >= 0 && o + 4096 <= 1 << 24);
-});
-
-Deno.test("mulberry32() returns 32-bit values", () => {
-  const next = mulberry32(123);
-  for (let i = 0; i < 100; i++) {
-    const v = next();
-    assert.ok(Number.isInteger(v) && v >= 0 && v < 2 ** 32);
-  }
 });

@@ -197,3 +197,60 @@ export async function qemuIoHeads(
   }
   return dumps.map((m) => Uint8Array.from(m[1]!.trim().split(/ +/), (h) => parseInt(h, 16)));
 }
+
+/** A fully allocated qcow2 test image and its small baseline twin with the same cluster size. */
+export interface MetadataCase {
+  /** Bytes per cluster of both images. */
+  clusterSize: number;
+  /** The image with every cluster allocated (`preallocation=metadata`). */
+  path: string;
+  /** The small image, for timing what a command costs apart from the image's size. */
+  baselinePath: string;
+}
+
+/** Virtual size of the fully allocated images of {@linkcode withMetadataImages}: 4 GiB. */
+export const METADATA_IMAGE_SIZE = 4 * 2 ** 30;
+/** Virtual size of their baseline twins: 1 MiB. */
+const METADATA_BASELINE_SIZE = 2 ** 20;
+/** The cluster sizes of the cases, in order. */
+const METADATA_CLUSTER_SIZES = [64 * 1024, 4 * 1024];
+
+/**
+ * For cluster sizes 64 KiB and 4 KiB in turn: creates the case's two images in `dir` with
+ * `qemu-img create` (a {@linkcode METADATA_IMAGE_SIZE} one with `preallocation=metadata`, so every
+ * cluster is allocated and the file stays sparse, and a 1 MiB baseline), runs `measure` on them,
+ * and at the end removes every image it made, even on failure.
+ *
+ * @param dir Where the images go; they are named `<prefix>-<cluster KiB>k[-baseline].qcow2`.
+ * @param prefix The start of the image names.
+ * @param measure Times one case.
+ * @returns What `measure` returned, one per case.
+ */
+export async function withMetadataImages<T>(
+  dir: string,
+  prefix: string,
+  measure: (test: MetadataCase) => Promise<T>,
+): Promise<T[]> {
+  const cases: MetadataCase[] = METADATA_CLUSTER_SIZES.map((clusterSize) => ({
+    clusterSize,
+    path: `${dir}/${prefix}-${clusterSize / 1024}k.qcow2`,
+    baselinePath: `${dir}/${prefix}-${clusterSize / 1024}k-baseline.qcow2`,
+  }));
+  const create = async (path: string, clusterSize: number, size: number, full: boolean) => {
+    const o = `cluster_size=${clusterSize}${full ? ",preallocation=metadata" : ""}`;
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, path, String(size)]);
+  };
+  const results: T[] = [];
+  try {
+    for (const test of cases) {
+      await create(test.path, test.clusterSize, METADATA_IMAGE_SIZE, true);
+      await create(test.baselinePath, test.clusterSize, METADATA_BASELINE_SIZE, false);
+      results.push(await measure(test));
+    }
+  } finally {
+    for (const test of cases) {
+      for (const p of [test.path, test.baselinePath]) await Deno.remove(p).catch(() => {});
+    }
+  }
+  return results;
+}

@@ -1,9 +1,11 @@
 /**
  * Helpers shared by the read and write benchmarks: progress lines, medians, number formatting and
- * plain-text tables.
+ * plain-text tables, and the standalone entry point of a benchmark part.
  *
  * @module
  */
+
+import { qemuImgVersion } from "./_qemu.ts";
 
 /** Writes a progress line to stderr (the tables go to stdout). */
 export function log(message: string): void {
@@ -58,5 +60,41 @@ export function loadAverage(): string {
     return Deno.readTextFileSync("/proc/loadavg").split(" ")[0] ?? "?";
   } catch {
     return "?";
+  }
+}
+
+/**
+ * The `main` of a benchmark part run on its own: makes a temporary directory (removed at the end,
+ * and on Ctrl-C), runs the part, prints a line naming the versions, CPUs and load, then the part's
+ * table and the total time.
+ *
+ * @param name The part's name in the heading ("check", "write", ...).
+ * @param bench Runs the part in the directory and returns the function that prints its table.
+ */
+export async function runStandalone(
+  name: string,
+  bench: (dir: string, version: [number, number]) => Promise<() => void>,
+): Promise<void> {
+  const started = performance.now();
+  const version = await qemuImgVersion();
+  const dir = await Deno.makeTempDir({ prefix: `qcowlab-${name}-bench-` });
+  const onInterrupt = (): void => {
+    Deno.removeSync(dir, { recursive: true });
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  try {
+    const loadBefore = loadAverage();
+    const print = await bench(dir, version);
+    console.log(
+      `qcowlab ${name} benchmark: Deno ${Deno.version.deno}, qemu-img ${version.join(".")}, ` +
+        `${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ` +
+        `${loadAverage()} after`,
+    );
+    print();
+    console.log(`\nTotal time ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+    await Deno.remove(dir, { recursive: true });
   }
 }

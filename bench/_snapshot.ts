@@ -25,32 +25,21 @@
 
 import process from "node:process";
 import { FileDevice, Qcow2Image } from "../mod.ts";
-import { qemuImgVersion, run } from "./_qemu.ts";
-import { loadAverage, log, median, printTable } from "./_report.ts";
+import { METADATA_IMAGE_SIZE, type MetadataCase, run, withMetadataImages } from "./_qemu.ts";
+import { log, median, printTable, runStandalone } from "./_report.ts";
 
 const KiB = 1024;
-const MiB = 1024 * KiB;
-const GiB = 1024 * MiB;
-
-const IMAGE_SIZE = 4 * GiB;
-const BASELINE_SIZE = MiB;
-const CLUSTER_SIZES = [64 * KiB, 4 * KiB];
+const GiB = 1024 * 1024 * KiB;
 /** Timed rounds; untimed warm-up rounds come first. */
 const RUNS = 7;
 const WARMUP = 2;
 const NAME = "bench";
 
-interface Case {
-  clusterSize: number;
-  path: string;
-  baselinePath: string;
-}
-
 type Op = "create" | "delete";
 
 /** Seconds per timed round, by tool and operation (wall clock, and CPU time). */
 interface CaseResult {
-  test: Case;
+  test: MetadataCase;
   qcowlab: Record<Op, number[]>;
   qemuWall: Record<Op, number[]>;
   baseline: Record<Op, number[]>;
@@ -70,11 +59,6 @@ interface Timing {
 function cpuSeconds(): number {
   const usage = process.cpuUsage();
   return (usage.user + usage.system) / 1e6;
-}
-
-async function createImage(path: string, clusterSize: number, size: number, full: boolean) {
-  const o = `cluster_size=${clusterSize}${full ? ",preallocation=metadata" : ""}`;
-  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, path, String(size)]);
 }
 
 async function timeQcowlab(path: string, op: Op): Promise<Timing> {
@@ -108,7 +92,7 @@ async function timeQemu(path: string, op: Op): Promise<Timing> {
 }
 
 /** Fails unless qemu-img finds qcowlab's snapshot sound and lists it. */
-async function verify(test: Case): Promise<void> {
+async function verify(test: MetadataCase): Promise<void> {
   await run("/usr/bin/time", ["-f", "%U", "true"]); // fails early without GNU time
   await timeQcowlab(test.path, "create");
   await run("qemu-img", ["check", "-q", test.path]);
@@ -118,7 +102,7 @@ async function verify(test: Case): Promise<void> {
   await run("qemu-img", ["check", "-q", test.path]);
 }
 
-async function measure(test: Case): Promise<CaseResult> {
+async function measure(test: MetadataCase): Promise<CaseResult> {
   await verify(test);
   const empty = (): Record<Op, number[]> => ({ create: [], delete: [] });
   const result: CaseResult = {
@@ -176,34 +160,18 @@ async function measure(test: Case): Promise<CaseResult> {
  * @returns Prints the table to stdout.
  */
 export async function snapshotBench(dir: string): Promise<() => void> {
-  const cases: Case[] = CLUSTER_SIZES.map((clusterSize) => ({
-    clusterSize,
-    path: `${dir}/snapshot-${clusterSize / KiB}k.qcow2`,
-    baselinePath: `${dir}/snapshot-${clusterSize / KiB}k-baseline.qcow2`,
-  }));
-  const results: CaseResult[] = [];
-  try {
-    log(
-      `Timing snapshot create and delete against qemu-img snapshot, ${WARMUP} untimed then ` +
-        `${RUNS} rounds (figures per round):`,
-    );
-    for (const test of cases) {
-      await createImage(test.path, test.clusterSize, IMAGE_SIZE, true);
-      await createImage(test.baselinePath, test.clusterSize, BASELINE_SIZE, false);
-      results.push(await measure(test));
-    }
-  } finally {
-    for (const test of cases) {
-      for (const p of [test.path, test.baselinePath]) await Deno.remove(p).catch(() => {});
-    }
-  }
+  log(
+    `Timing snapshot create and delete against qemu-img snapshot, ${WARMUP} untimed then ` +
+      `${RUNS} rounds (figures per round):`,
+  );
+  const results = await withMetadataImages(dir, "snapshot", measure);
   return () => printResults(results);
 }
 
 function printResults(results: CaseResult[]): void {
   console.log(
     `\nSnapshot create and delete on FileDevice vs qemu-img snapshot -c / -d, ` +
-      `${IMAGE_SIZE / GiB} GiB images fully allocated with qemu-img create -o ` +
+      `${METADATA_IMAGE_SIZE / GiB} GiB images fully allocated with qemu-img create -o ` +
       `preallocation=metadata; page cache warm; median of ${RUNS} rounds`,
   );
   const ms = (s: number): string => (s * 1000).toFixed(1);
@@ -273,23 +241,4 @@ function printResults(results: CaseResult[]): void {
   );
 }
 
-async function main(): Promise<void> {
-  const started = performance.now();
-  const version = await qemuImgVersion();
-  const dir = await Deno.makeTempDir({ prefix: "qcowlab-snapshot-bench-" });
-  try {
-    const loadBefore = loadAverage();
-    const print = await snapshotBench(dir);
-    console.log(
-      `qcowlab snapshot benchmark: Deno ${Deno.version.deno}, qemu-img ${version.join(".")}, ` +
-        `${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ` +
-        `${loadAverage()} after`,
-    );
-    print();
-    console.log(`\nTotal time ${((performance.now() - started) / 1000).toFixed(0)} s`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-if (import.meta.main) await main();
+if (import.meta.main) await runStandalone("snapshot", snapshotBench);

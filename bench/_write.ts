@@ -34,11 +34,10 @@ import {
   pickAio,
   qemuImgBenchTimed,
   qemuImgCheck,
-  qemuImgVersion,
   qemuIoHeads,
   run,
 } from "./_qemu.ts";
-import { formatFigure, loadAverage, log, median, printTable } from "./_report.ts";
+import { formatFigure, log, median, printTable, runStandalone } from "./_report.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -461,7 +460,7 @@ function printMemory(results: MemoryResults): void {
  * prints its tables.
  *
  * @param dir A temporary directory with room for two 1 GiB images.
- * @param version The qemu-img version, from {@linkcode qemuImgVersion}.
+ * @param version The qemu-img version, from `qemuImgVersion` (bench/_qemu.ts).
  * @returns Prints the FileDevice and MemoryDevice tables to stdout.
  */
 export async function writeBench(dir: string, version: [number, number]): Promise<() => void> {
@@ -477,29 +476,4 @@ export async function writeBench(dir: string, version: [number, number]): Promis
   };
 }
 
-async function main(): Promise<void> {
-  const started = performance.now();
-  const version = await qemuImgVersion();
-  const dir = await Deno.makeTempDir({ prefix: "qcowlab-write-bench-" });
-  const onInterrupt = (): void => {
-    Deno.removeSync(dir, { recursive: true });
-    Deno.exit(130);
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const loadBefore = loadAverage();
-    const print = await writeBench(dir, version);
-    console.log(
-      `qcowlab write benchmark: Deno ${Deno.version.deno}, qemu-img ${version.join(".")}, ` +
-        `${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ` +
-        `${loadAverage()} after`,
-    );
-    print();
-    console.log(`\nTotal time ${((performance.now() - started) / 1000).toFixed(0)} s`);
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-if (import.meta.main) await main();
+if (import.meta.main) await runStandalone("write", writeBench);

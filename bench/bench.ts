@@ -14,7 +14,8 @@
 
 import * as fs from "node:fs";
 import { type Image, mapImage, MemoryDevice, openImage, Qcow2Image, RawImage } from "../mod.ts";
-import { mulberry32, qemuBenchOffsets, randomOffsets } from "./_pattern.ts";
+import { mulberry32 } from "../core/_random.ts";
+import { qemuBenchOffsets, randomOffsets } from "./_pattern.ts";
 import { benchArgs, benchWrap, pickAio, qemuImgBench, qemuImgVersion, run } from "./_qemu.ts";
 import type { MemoryProbeResult } from "./_memory_probe.ts";
 import { formatFigure, loadAverage, log, median, printTable } from "./_report.ts";

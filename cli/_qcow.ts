@@ -16,6 +16,7 @@ import type { Image, ImageFormat } from "../drivers/image.ts";
 import { openImage } from "../drivers/open_image.ts";
 import { fail, type OptionSpec, type Values } from "./_common.ts";
 import { keyValues } from "./_create_options.ts";
+import { clusterTarget, type ConvertTarget } from "./_convert_target.ts";
 
 /** The passphrase options every command that opens images takes. */
 export const PASSPHRASE_OPTIONS: Record<string, OptionSpec> = {
@@ -182,16 +183,6 @@ export async function createQcowFile(
   });
 }
 
-/** A convert target writing a new qcow image (structurally convert's target). */
-export interface QcowTarget extends AsyncDisposable {
-  /** Pieces are whole clusters. */
-  granularity: number;
-  /** Writes a run of pieces. */
-  write(data: Uint8Array, at: number): Promise<void>;
-  /** Flushes. */
-  finish(): Promise<void>;
-}
-
 /**
  * Creates `path` as a qcow image of `size` bytes and returns a convert target for it.
  *
@@ -204,7 +195,7 @@ export async function qcowTarget(
   path: string,
   size: number,
   options: { compress: boolean; encrypt: boolean; passphrase?: string },
-): Promise<QcowTarget> {
+): Promise<ConvertTarget> {
   if (options.encrypt && options.passphrase === undefined) {
     throw new QcowError(
       "PASSPHRASE_REQUIRED",
@@ -227,22 +218,7 @@ export async function qcowTarget(
     await device.close();
     throw error;
   }
-  const cs = image.clusterSize;
-  const wholeClusters = (data: Uint8Array, at: number): Uint8Array => {
-    const end = Math.min(image.size, at + Math.ceil(data.length / cs) * cs);
-    if (at + data.length === end) return data;
-    const padded = new Uint8Array(end - at);
-    padded.set(data);
-    return padded;
-  };
-  return {
-    granularity: cs,
-    write: options.compress
-      ? (data, at) => image.writeCompressed(wholeClusters(data, at), at)
-      : (data, at) => image.write(data, at),
-    finish: () => image.flush(),
-    [Symbol.asyncDispose]: () => image.close(),
-  };
+  return clusterTarget(image, options.compress);
 }
 
 /**

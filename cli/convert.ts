@@ -39,6 +39,7 @@ import {
   RAW_OPTION_HELP,
   validateQcow2,
 } from "./_create_options.ts";
+import { clusterTarget, type ConvertTarget } from "./_convert_target.ts";
 
 const HELP =
   `Usage: cli.ts convert [-f FMT] [-l SNAPSHOT] [-O raw|qcow2] [-c] [-o OPTIONS] [-q] SRC DST
@@ -56,13 +57,6 @@ zeros: a sparse raw file, or a new qcow2 image without a backing file.
 ${PASSPHRASE_HELP}`;
 
 const CONVERT_CHUNK = 1024 * 1024;
-
-/** Where convert writes: in runs of whole `granularity`-sized pieces (the last may be short). */
-interface ConvertTarget extends AsyncDisposable {
-  granularity: number;
-  write(data: Uint8Array, at: number): Promise<void>;
-  finish(): Promise<void>;
-}
 
 /**
  * Copies every non-zero `granularity`-sized piece of `image` to `target`, reading only what the
@@ -148,24 +142,7 @@ async function qcow2Target(
     await device.close();
     throw error;
   }
-  // A source that ends inside a cluster (a raw file of odd size) leaves a short last piece;
-  // compressed writes need it padded to the cluster's end or the image's.
-  const cs = image.clusterSize;
-  const wholeClusters = (data: Uint8Array, at: number): Uint8Array => {
-    const end = Math.min(image.size, at + Math.ceil(data.length / cs) * cs);
-    if (at + data.length === end) return data;
-    const padded = new Uint8Array(end - at);
-    padded.set(data);
-    return padded;
-  };
-  return {
-    granularity: cs,
-    write: compress
-      ? (data, at) => image.writeCompressed(wholeClusters(data, at), at)
-      : (data, at) => image.write(data, at),
-    finish: () => image.flush(),
-    [Symbol.asyncDispose]: () => image.close(),
-  };
+  return clusterTarget(image, compress);
 }
 
 /**

@@ -6,16 +6,9 @@
 
 import { formatSize } from "../core/format_size.ts";
 import type { Image, ImageInfo } from "../drivers/image.ts";
-import {
-  type CliCommand,
-  formatOption,
-  onePath,
-  open,
-  outputOption,
-  parse,
-  showHelp,
-} from "./_common.ts";
-import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
+import { type CliCommand, outputOption, parse, showHelp } from "./_common.ts";
+import { PASSPHRASE_HELP } from "./_qcow.ts";
+import { openViewedImage, VIEW_OPTIONS } from "./_view_image.ts";
 
 const HELP = `Usage: cli.ts info [-f FMT] [--backing-chain] [--output human|json] FILE
 
@@ -64,18 +57,12 @@ function humanInfo(info: ImageInfo): string {
 
 const infoRun: CliCommand["run"] = async (args, io) => {
   const { values, positionals } = parse(args, {
-    format: { type: "string", short: "f" },
-    output: { type: "string" },
+    ...VIEW_OPTIONS,
     "backing-chain": { type: "boolean" },
-    ...PASSPHRASE_OPTIONS,
   });
   if (values.help) return showHelp(HELP, io);
   const output = outputOption(values.output);
-  await using image = await open(
-    onePath(positionals, "image"),
-    formatOption(values.format),
-    await readPassphrase(values),
-  );
+  await using image = await openViewedImage(values, positionals);
   const chain: ImageInfo[] = [];
   for (let layer: Image | undefined = image; layer; layer = layer.backing) {
     chain.push(layer.info());

@@ -6,16 +6,9 @@
 
 import { QcowError } from "../core/errors.ts";
 import { mapImage } from "../drivers/map_image.ts";
-import {
-  type CliCommand,
-  formatOption,
-  onePath,
-  open,
-  outputOption,
-  parse,
-  showHelp,
-} from "./_common.ts";
-import { PASSPHRASE_HELP, PASSPHRASE_OPTIONS, readPassphrase } from "./_qcow.ts";
+import { type CliCommand, outputOption, parse, showHelp } from "./_common.ts";
+import { PASSPHRASE_HELP } from "./_qcow.ts";
+import { openViewedImage, VIEW_OPTIONS } from "./_view_image.ts";
 
 const HELP = `Usage: cli.ts map [-f FMT] [--output human|json] FILE
 
@@ -26,18 +19,10 @@ Lists how each range of FILE and its backing chain is stored.
 ${PASSPHRASE_HELP}`;
 
 const mapRun: CliCommand["run"] = async (args, io) => {
-  const { values, positionals } = parse(args, {
-    format: { type: "string", short: "f" },
-    output: { type: "string" },
-    ...PASSPHRASE_OPTIONS,
-  });
+  const { values, positionals } = parse(args, VIEW_OPTIONS);
   if (values.help) return showHelp(HELP, io);
   const output = outputOption(values.output);
-  await using image = await open(
-    onePath(positionals, "image"),
-    formatOption(values.format),
-    await readPassphrase(values),
-  );
+  await using image = await openViewedImage(values, positionals);
   const entries = await mapImage(image);
   if (output === "json") {
     const lines = entries.map((e) => {

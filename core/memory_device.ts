@@ -7,6 +7,8 @@
 import type { BlockDevice } from "./block_device.ts";
 import { QcowError } from "./errors.ts";
 import { assertInside, assertOffset, assertWriteRange } from "./_checks.ts";
+import { forEachPiece } from "./_pieces.ts";
+import { settle } from "./_settle.ts";
 
 /** Options for {@linkcode MemoryDevice}. */
 export interface MemoryDeviceOptions {
@@ -117,43 +119,32 @@ export class MemoryDevice implements BlockDevice {
 
   /** Fills `buffer` from `offset`. */
   read(buffer: Uint8Array, offset: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertOpen();
       assertInside(offset, buffer.length, this.#size, this.#name);
       this.#get(buffer, offset);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   /** Writes `data` at `offset`, growing the device when a non-empty write ends past its size. */
   write(data: Uint8Array, offset: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertWritable();
       assertWriteRange(offset, data.length, this.#name);
       this.#put(data, offset);
       // Like pwrite, an empty write leaves the size alone.
       if (data.length > 0 && offset + data.length > this.#size) this.#size = offset + data.length;
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   /** Nothing to make durable in memory; only checks that the device is open. */
   flush(): Promise<void> {
-    try {
-      this.#assertOpen();
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return settle(() => this.#assertOpen());
   }
 
   /** Sets the size; bytes past a shrink point are forgotten and read as zero if regrown. */
   truncate(size: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertWritable();
       assertOffset(size, "Size");
       if (size < this.#size) {
@@ -165,10 +156,7 @@ export class MemoryDevice implements BlockDevice {
         }
       }
       this.#size = size;
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   /** Releases the memory. */
@@ -193,37 +181,22 @@ export class MemoryDevice implements BlockDevice {
   }
 
   #get(buffer: Uint8Array, offset: number): void {
-    const bits = this.#chunkBits;
-    const chunkSize = 1 << bits;
-    let done = 0;
-    while (done < buffer.length) {
-      const at = offset + done;
-      const index = Math.floor(at / chunkSize);
-      const within = at - index * chunkSize;
-      const n = Math.min(chunkSize - within, buffer.length - done);
+    forEachPiece(offset, buffer.length, 1 << this.#chunkBits, (index, within, done, n) => {
       const chunk = this.#chunks.get(index);
       if (chunk) buffer.set(chunk.subarray(within, within + n), done);
       else buffer.fill(0, done, done + n);
-      done += n;
-    }
+    });
   }
 
   #put(data: Uint8Array, offset: number): void {
-    const bits = this.#chunkBits;
-    const chunkSize = 1 << bits;
-    let done = 0;
-    while (done < data.length) {
-      const at = offset + done;
-      const index = Math.floor(at / chunkSize);
-      const within = at - index * chunkSize;
-      const n = Math.min(chunkSize - within, data.length - done);
+    const chunkSize = 1 << this.#chunkBits;
+    forEachPiece(offset, data.length, chunkSize, (index, within, done, n) => {
       let chunk = this.#chunks.get(index);
       if (!chunk) {
         chunk = new Uint8Array(chunkSize);
         this.#chunks.set(index, chunk);
       }
       chunk.set(data.subarray(done, done + n), within);
-      done += n;
-    }
+    });
   }
 }

@@ -7,6 +7,8 @@
 import type { BlockDevice } from "../core/block_device.ts";
 import { QcowError } from "../core/errors.ts";
 import { assertInside, assertOffset, assertWriteRange } from "../core/_checks.ts";
+import { forEachPiece } from "../core/_pieces.ts";
+import { settle } from "../core/_settle.ts";
 
 /** Bytes per page of an overlay. */
 export const PAGE_SIZE = 4096;
@@ -77,30 +79,18 @@ export class PageStore {
   }
 
   read(buffer: Uint8Array, offset: number): void {
-    let done = 0;
-    while (done < buffer.length) {
-      const at = offset + done;
-      const index = Math.floor(at / PAGE_SIZE);
-      const within = at - index * PAGE_SIZE;
-      const n = Math.min(PAGE_SIZE - within, buffer.length - done);
+    forEachPiece(offset, buffer.length, PAGE_SIZE, (index, within, done, n) => {
       const page = this.view(index);
       const available = page ? Math.max(0, Math.min(n, page.length - within)) : 0;
       if (available > 0) buffer.set(page!.subarray(within, within + available), done);
       if (available < n) buffer.fill(0, done + available, done + n);
-      done += n;
-    }
+    });
   }
 
   write(data: Uint8Array, offset: number): void {
-    let done = 0;
-    while (done < data.length) {
-      const at = offset + done;
-      const index = Math.floor(at / PAGE_SIZE);
-      const within = at - index * PAGE_SIZE;
-      const n = Math.min(PAGE_SIZE - within, data.length - done);
+    forEachPiece(offset, data.length, PAGE_SIZE, (index, within, done, n) => {
       this.#own(index).set(data.subarray(done, done + n), within);
-      done += n;
-    }
+    });
     if (data.length > 0 && offset + data.length > this.#size) this.#size = offset + data.length;
   }
 
@@ -157,45 +147,31 @@ export class PageStoreDevice implements BlockDevice {
   }
 
   read(buffer: Uint8Array, offset: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertOpen();
       assertInside(offset, buffer.length, this.#store.size, this.#name);
       this.#store.read(buffer, offset);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   write(data: Uint8Array, offset: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertOpen();
       assertWriteRange(offset, data.length, this.#name);
       this.#store.write(data, offset);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   flush(): Promise<void> {
-    try {
-      this.#assertOpen();
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return settle(() => this.#assertOpen());
   }
 
   truncate(size: number): Promise<void> {
-    try {
+    return settle(() => {
       this.#assertOpen();
       assertOffset(size, "Size");
       this.#store.truncate(size);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    });
   }
 
   close(): Promise<void> {

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { mulberry32 } from "../core/_random.ts";
+
 /** Returns a generator of floats in [0, 1) determined by the seeds (mulberry32 over a mixed seed). */
 export function seededRandom(...seeds: number[]): () => number {
   let state = 0x9e3779b9;
@@ -13,11 +15,6 @@ export function seededRandom(...seeds: number[]): () => number {
     state ^= Math.floor(seed / 2 ** 32);
     state ^= state >>> 16;
   }
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(state);
+  return (): number => next() / 2 ** 32;
 }

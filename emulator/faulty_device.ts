@@ -9,6 +9,7 @@ import type { DriverEvent } from "../core/driver_event.ts";
 import { QcowError } from "../core/errors.ts";
 import type { Errno, FaultRule, IoKind } from "./fault_rule.ts";
 import { parseFaultRules } from "./scenario.ts";
+import { ForwardingDevice } from "./forwarding_device.ts";
 
 /** One fault a {@linkcode FaultyDevice} injected. */
 export interface InjectedFault {
@@ -67,6 +68,7 @@ const ALL_IO: readonly IoKind[] = ["read", "write", "flush", "truncate"];
  * after a driver event, as QEMU's blkdebug does, with blkdebug's states. A failure is a
  * {@linkcode QcowError} with code `IO` (EIO) or `NO_SPACE` (ENOSPC) whose message names the rule;
  * a torn write lets its first sectors through first. Counters say what ran and what fired.
+ * Closing is never failed by rule.
  *
  * Put a {@linkcode RecordingDevice} under it (not over it) to log what really reached the disk.
  *
@@ -86,8 +88,7 @@ const ALL_IO: readonly IoKind[] = ["read", "write", "flush", "truncate"];
  * await image.write(new Uint8Array(512), 0); // the rule is spent: this one succeeds
  * ```
  */
-export class FaultyDevice implements BlockDevice {
-  #inner: BlockDevice;
+export class FaultyDevice extends ForwardingDevice {
   #rules: RuleState[] = [];
   #armed: RuleState[] = [];
   #state = 1;
@@ -105,7 +106,7 @@ export class FaultyDevice implements BlockDevice {
    * @throws {QcowError} `INVALID_SCENARIO` for a malformed rule.
    */
   constructor(inner: BlockDevice, options: FaultyDeviceOptions = {}) {
-    this.#inner = inner;
+    super(inner);
     for (const rule of parseFaultRules(options.rules ?? [])) this.#push(rule);
   }
 
@@ -137,63 +138,33 @@ export class FaultyDevice implements BlockDevice {
     };
   }
 
-  /** The wrapped device. */
-  get inner(): BlockDevice {
-    return this.#inner;
-  }
-
-  /** The wrapped device's size. */
-  get size(): number {
-    return this.#inner.size;
-  }
-
-  /** Whether the wrapped device refuses writes. */
-  get readOnly(): boolean {
-    return this.#inner.readOnly;
-  }
-
-  /** The wrapped device's name. */
-  get name(): string {
-    return this.#inner.name;
-  }
-
   /** Reads, unless a rule fails it. */
-  async read(buffer: Uint8Array, offset: number): Promise<void> {
+  override async read(buffer: Uint8Array, offset: number): Promise<void> {
     await this.#before("read", offset, buffer.length);
-    return this.#inner.read(buffer, offset);
+    return this.inner.read(buffer, offset);
   }
 
   /** Writes, unless a rule fails it (a torn write lets its first sectors through first). */
-  async write(data: Uint8Array, offset: number): Promise<void> {
+  override async write(data: Uint8Array, offset: number): Promise<void> {
     await this.#before("write", offset, data.length, data);
-    await this.#inner.write(data, offset);
+    await this.inner.write(data, offset);
     this.#bytesWritten += data.length;
   }
 
   /** Flushes, unless a rule fails it. */
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     await this.#before("flush", 0, 0);
-    return this.#inner.flush();
+    return this.inner.flush();
   }
 
   /** Truncates, unless a rule fails it. */
-  async truncate(size: number): Promise<void> {
+  override async truncate(size: number): Promise<void> {
     await this.#before("truncate", size, 0);
-    return this.#inner.truncate(size);
-  }
-
-  /** Closes the wrapped device; never fails by rule. */
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-
-  /** Same as {@linkcode FaultyDevice.close}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+    return this.inner.truncate(size);
   }
 
   /** Counts the event, applies the event rules (blkdebug semantics), and forwards it. */
-  event(name: DriverEvent): void {
+  override event(name: DriverEvent): void {
     this.#lastEvent = name;
     this.#events[name] = (this.#events[name] ?? 0) + 1;
     let newState = this.#state;
@@ -215,7 +186,7 @@ export class FaultyDevice implements BlockDevice {
       this.#armed.push(entry);
     }
     this.#state = newState;
-    this.#inner.event?.(name);
+    this.inner.event?.(name);
   }
 
   #push(rule: FaultRule): number {
@@ -243,7 +214,7 @@ export class FaultyDevice implements BlockDevice {
       const end = (Math.floor(offset / SECTOR) + torn) * SECTOR;
       persisted = Math.max(0, Math.min(data.length, end - offset));
       if (persisted > 0) {
-        await this.#inner.write(data.subarray(0, persisted), offset);
+        await this.inner.write(data.subarray(0, persisted), offset);
         this.#bytesWritten += persisted;
       }
     }
@@ -267,7 +238,7 @@ export class FaultyDevice implements BlockDevice {
     const tornText = persisted > 0 ? `, ${persisted} bytes torn through` : "";
     throw new QcowError(
       errno === "ENOSPC" ? "NO_SPACE" : "IO",
-      `Injected ${errno} on ${this.#inner.name}: ${where}, by ${name}${why}${tornText}`,
+      `Injected ${errno} on ${this.inner.name}: ${where}, by ${name}${why}${tornText}`,
       { cause: { errno, rule: entry.index } },
     );
   }

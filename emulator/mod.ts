@@ -23,6 +23,7 @@
  */
 
 export * from "../core/driver_event.ts";
+export * from "./forwarding_device.ts";
 export * from "./recording_device.ts";
 export * from "./crash_states.ts";
 export * from "./fault_rule.ts";
@@ -38,3 +39,7 @@ export * from "./explore_format.ts";
 export * from "./explore_campaign.ts";
 export * from "./shrink.ts";
 export * from "./replay.ts";
+// Types the emulator's API names, so its documentation is complete on its own.
+export type * from "../core/block_device.ts";
+export type * from "../drivers/image.ts";
+export type * from "../drivers/qcow2/check_report.ts";

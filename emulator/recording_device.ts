@@ -4,8 +4,8 @@
  * @module
  */
 
-import type { BlockDevice } from "../core/block_device.ts";
 import type { DriverEvent } from "../core/driver_event.ts";
+import { ForwardingDevice } from "./forwarding_device.ts";
 
 /**
  * One entry of a {@linkcode RecordingDevice}'s log: a write (with a private copy of its payload),
@@ -24,7 +24,8 @@ export type WriteLogEntry =
 /**
  * Wraps a {@linkcode BlockDevice}, forwards everything to it and logs, in order, every write that
  * succeeded (copying its payload), every flush that succeeded and every truncation, each tagged
- * with the driver event announced last before it.
+ * with the driver event announced last before it. Reads are not logged; closing leaves the log
+ * readable.
  *
  * Put it directly over the storage (under a fault injector, if any), so that the part of a torn
  * write that reached the storage is logged as the write it really was.
@@ -42,86 +43,41 @@ export type WriteLogEntry =
  * console.log(device.log[1]?.event); // flush_to_disk
  * ```
  */
-export class RecordingDevice implements BlockDevice {
-  #inner: BlockDevice;
+export class RecordingDevice extends ForwardingDevice {
   #log: WriteLogEntry[] = [];
   #event: DriverEvent | undefined;
-
-  /**
-   * Starts an empty log over `inner`.
-   *
-   * @param inner The device to forward to.
-   */
-  constructor(inner: BlockDevice) {
-    this.#inner = inner;
-  }
 
   /** The log so far; entries are appended as I/O completes and never change. */
   get log(): readonly WriteLogEntry[] {
     return this.#log;
   }
 
-  /** The wrapped device. */
-  get inner(): BlockDevice {
-    return this.#inner;
-  }
-
-  /** The wrapped device's size. */
-  get size(): number {
-    return this.#inner.size;
-  }
-
-  /** Whether the wrapped device refuses writes. */
-  get readOnly(): boolean {
-    return this.#inner.readOnly;
-  }
-
-  /** The wrapped device's name. */
-  get name(): string {
-    return this.#inner.name;
-  }
-
-  /** Reads from the wrapped device; reads are not logged. */
-  read(buffer: Uint8Array, offset: number): Promise<void> {
-    return this.#inner.read(buffer, offset);
-  }
-
   /** Writes through and logs a copy of `data` once the write succeeded. */
-  async write(data: Uint8Array, offset: number): Promise<void> {
+  override async write(data: Uint8Array, offset: number): Promise<void> {
     // Copied before the write, in case the caller reuses its buffer while the write is pending.
     const copy = data.slice();
     const event = this.#event;
-    await this.#inner.write(data, offset);
+    await this.inner.write(data, offset);
     this.#log.push({ kind: "write", offset, data: copy, event });
   }
 
   /** Flushes through and logs a barrier once the flush succeeded. */
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     const event = this.#event;
-    await this.#inner.flush();
+    await this.inner.flush();
     this.#log.push({ kind: "flush", event });
   }
 
   /** Truncates through and logs the new size once that succeeded. */
-  async truncate(size: number): Promise<void> {
+  override async truncate(size: number): Promise<void> {
     const event = this.#event;
-    await this.#inner.truncate(size);
+    await this.inner.truncate(size);
     this.#log.push({ kind: "truncate", size, event });
   }
 
-  /** Closes the wrapped device; the log stays readable. */
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-
   /** Remembers the event for the next entries and forwards it. */
-  event(name: DriverEvent): void {
+  override event(name: DriverEvent): void {
     this.#event = name;
-    this.#inner.event?.(name);
-  }
-
-  /** Same as {@linkcode RecordingDevice.close}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+    this.inner.event?.(name);
   }
 }

@@ -11,6 +11,7 @@
 import { readU32 } from "../core/bytes.ts";
 import { QcowError } from "../core/errors.ts";
 import { MemoryDevice } from "../core/memory_device.ts";
+import { mulberry32 } from "../core/_random.ts";
 import type { Image } from "../drivers/image.ts";
 import { mapImage } from "../drivers/map_image.ts";
 import { openImage, type OpenImageOptions } from "../drivers/open_image.ts";
@@ -103,18 +104,15 @@ export class FuzzFailure extends Error {
 
 /** A small seeded generator (mulberry32). */
 export class Random {
-  #state: number;
+  #next: () => number;
 
   constructor(seed: number) {
-    this.#state = seed >>> 0;
+    this.#next = mulberry32(seed);
   }
 
   /** A uniform u32. */
   u32(): number {
-    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
+    return this.#next();
   }
 
   /** A uniform integer in [0, n). */

@@ -6,16 +6,10 @@
  */
 
 import assert from "node:assert/strict";
-import { main } from "../cli.ts";
-import type { CliIo } from "../cli.ts";
+import { type CliRun, runCli } from "./_cli.ts";
 import { firstDifference, qemuInfo, runTool, type ToolRun } from "./_qemu.ts";
 
-/** What a qcowlab CLI run printed, and its exit status. */
-export interface CliRun {
-  status: number;
-  out: string;
-  err: string;
-}
+export type { CliRun } from "./_cli.ts";
 
 /**
  * Runs `cli.ts` in-process with the given arguments.
@@ -23,16 +17,8 @@ export interface CliRun {
  * @param args The arguments after `cli.ts`.
  * @returns Exit status and output.
  */
-export async function qcowlab(...args: string[]): Promise<CliRun> {
-  let out = "";
-  let err = "";
-  const io: CliIo = {
-    stdout: (t) => void (out += t),
-    stderr: (t) => void (err += t),
-    terminal: false,
-  };
-  const status = await main(args, io);
-  return { status, out, err };
+export function qcowlab(...args: string[]): Promise<CliRun> {
+  return runCli(args);
 }
 
 /**
@@ -112,6 +98,17 @@ function infoFields(info: Record<string, unknown>): Record<string, unknown> {
   return rest;
 }
 
+/**
+ * Runs `qemu-img compare` on two qcow2 images (formats given, not probed).
+ *
+ * @param a One image.
+ * @param b The other.
+ * @returns Status (0 when their contents are the same) and output.
+ */
+export function qemuCompareQcow2(a: string, b: string): Promise<ToolRun> {
+  return runTool("qemu-img", ["compare", "-f", "qcow2", "-F", "qcow2", a, b]);
+}
+
 /** The two amended copies. */
 export interface Outcome {
   /** Both exit statuses and messages agreed, and the amended images were compared. */
@@ -151,15 +148,7 @@ export async function compareAmend(
   assert.match(check.stdout, /No errors were found on the image/);
   assert.doesNotMatch(check.stdout, /leaked/);
   assert.deepEqual(infoFields(await qemuInfo(ours)), infoFields(await qemuInfo(theirs)));
-  const compare = await runTool("qemu-img", [
-    "compare",
-    "-f",
-    "qcow2",
-    "-F",
-    "qcow2",
-    ours,
-    theirs,
-  ]);
+  const compare = await qemuCompareQcow2(ours, theirs);
   assert.equal(compare.code, 0, `${options}: ${compare.stdout}${compare.stderr}`);
   const a = await Deno.readFile(ours);
   const b = await Deno.readFile(theirs);

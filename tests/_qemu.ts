@@ -5,6 +5,9 @@
  * @module
  */
 
+import { mulberry32 } from "../core/_random.ts";
+import { runTool } from "../core/_run_tool.ts";
+
 /** One entry of `qemu-img map --output json`. */
 export interface QemuMapEntry {
   /** First virtual byte. */
@@ -43,40 +46,7 @@ export const HAVE_QEMU: boolean = toolRuns("qemu-img") && toolRuns("qemu-io");
 
 const decoder = new TextDecoder();
 
-/** What a finished tool printed, and its exit status. */
-export interface ToolRun {
-  /** Exit status. */
-  code: number;
-  /** Standard output. */
-  stdout: string;
-  /** Standard error. */
-  stderr: string;
-}
-
-/**
- * Runs a command in the C locale without standard input and returns its status and output, failed
- * or not.
- *
- * @param command The program, such as `qemu-img`.
- * @param args Its arguments.
- * @param cwd The working directory; default the current one.
- * @returns Status and output.
- */
-export async function runTool(command: string, args: string[], cwd?: string): Promise<ToolRun> {
-  const output = await new Deno.Command(command, {
-    args,
-    ...(cwd === undefined ? {} : { cwd }),
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).output();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
-}
+export { runTool, type ToolRun } from "../core/_run_tool.ts";
 
 async function run(command: string, args: string[]): Promise<string> {
   const output = await runTool(command, args);
@@ -261,14 +231,8 @@ export async function dropBackingFormat(path: string): Promise<void> {
  * @returns A function returning floats in [0, 1).
  */
 export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
+  const next = mulberry32(seed);
+  return (): number => next() / 2 ** 32;
 }
 
 /**

@@ -1,19 +1,6 @@
 import assert from "node:assert/strict";
-import { main } from "../cli.ts";
-import type { CliIo } from "../cli.ts";
+import { runCli as run } from "./_cli.ts";
 import { HAVE_QEMU, makeTempDir, qemuImg, qemuIo } from "./_qemu.ts";
-
-async function run(args: string[]): Promise<{ status: number; out: string; err: string }> {
-  let out = "";
-  let err = "";
-  const io: CliIo = {
-    stdout: (t) => void (out += t),
-    stderr: (t) => void (err += t),
-    terminal: false,
-  };
-  const status = await main(args, io);
-  return { status, out, err };
-}
 
 function qemuCheck(args: string[]): { status: number; out: string } {
   const output = new Deno.Command("qemu-img", {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
-import type { CliIo } from "../cli.ts";
+import { type CapturedIo, captureIo as capture } from "./_cli.ts";
 import { HAVE_QEMU, makeTempDir, type TempDir } from "./_qemu.ts";
 
 if (!HAVE_QEMU) console.warn("cli_test: qemu-img is missing; the tests that need it are skipped");
@@ -20,28 +20,12 @@ function sh(cmd: string, args: string[], cwd?: string): string {
   return text;
 }
 
-interface Captured extends CliIo {
-  out: string;
-  err: string;
-}
-
-function capture(terminal = false): Captured {
-  const io: Captured = {
-    out: "",
-    err: "",
-    terminal,
-    stdout: (t) => void (io.out += t),
-    stderr: (t) => void (io.err += t),
-  };
-  return io;
-}
-
 /** Runs the CLI in `dir` (so relative names print as qemu-img prints them). */
 async function cli(
   dir: string,
   args: string[],
   terminal = false,
-): Promise<Captured & { status: number }> {
+): Promise<CapturedIo & { status: number }> {
   const io = capture(terminal);
   const previous = Deno.cwd();
   Deno.chdir(dir);

@@ -1,26 +1,12 @@
 import assert from "node:assert/strict";
-import { main } from "../cli.ts";
-import type { CliIo } from "../cli.ts";
+import { type CliRun as Run, runCli } from "./_cli.ts";
 import { HAVE_QEMU, makeTempDir, qemuImg, qemuInfo, qemuIo, qemuMap, runTool } from "./_qemu.ts";
 
 if (!HAVE_QEMU) console.warn("cli_write_test: qemu is missing; the tests that need it are skipped");
 
-interface Run {
-  status: number;
-  out: string;
-  err: string;
-}
-
 /** Runs the CLI in-process; paths are absolute, so the working directory does not matter. */
-async function cli(...args: string[]): Promise<Run> {
-  const run = { status: 0, out: "", err: "" };
-  const io: CliIo = {
-    stdout: (text) => void (run.out += text),
-    stderr: (text) => void (run.err += text),
-    terminal: false,
-  };
-  run.status = await main(args, io);
-  return run;
+function cli(...args: string[]): Promise<Run> {
+  return runCli(args);
 }
 
 /** Runs a QEMU tool and returns its status and output, failing or not. */

@@ -1,18 +1,7 @@
 import assert from "node:assert/strict";
 import { main } from "../cli.ts";
-import type { CliIo } from "../cli.ts";
+import { captureIo as capture } from "./_cli.ts";
 import { HAVE_QEMU, makeTempDir, runTool } from "./_qemu.ts";
-
-function capture(): CliIo & { out: string; err: string } {
-  const io = {
-    out: "",
-    err: "",
-    terminal: false,
-    stdout: (text: string) => void (io.out += text),
-    stderr: (text: string) => void (io.err += text),
-  };
-  return io;
-}
 
 Deno.test("emulate runs a scenario file and reports requests, faults and the image after", async () => {
   await using dir = await makeTempDir();

@@ -13,6 +13,7 @@ import {
   poke,
   qcowlab,
   qemuCheck,
+  qemuCompareQcow2,
   qemuInfoField,
 } from "./_iotests.ts";
 import { firstDifference, HAVE_QEMU, makeTempDir, qemuImg, qemuIo, runTool } from "./_qemu.ts";
@@ -135,15 +136,7 @@ for (const scenario of SCENARIOS) {
       );
       if (judgedOurs.code === 0 && judgedTheirs.code === 0) {
         // Both repaired images read the same, and ours is writable again.
-        const same = await runTool("qemu-img", [
-          "compare",
-          "-f",
-          "qcow2",
-          "-F",
-          "qcow2",
-          ours,
-          theirs,
-        ]);
+        const same = await qemuCompareQcow2(ours, theirs);
         assert.equal(same.code, 0, same.stdout);
         await qemuIo(ours, ["write -P 4 2M 64k", "read -P 4 2M 64k"]);
         // An L2 entry's damage leaves the rest of its table, and so the data at 1M, intact.

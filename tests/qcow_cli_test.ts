@@ -7,30 +7,17 @@
  */
 
 import assert from "node:assert/strict";
-import { type CliIo, main } from "../cli.ts";
+import { type CliRun as Run, runCli } from "./_cli.ts";
 import { HAVE_QEMU, makeTempDir, qemuImg, runTool } from "./_qemu.ts";
 
-interface Run {
-  status: number;
-  out: string;
-  err: string;
-}
-
 async function cli(dir: string, args: string[]): Promise<Run> {
-  const run = { status: 0, out: "", err: "" };
-  const io: CliIo = {
-    terminal: false,
-    stdout: (t) => void (run.out += t),
-    stderr: (t) => void (run.err += t),
-  };
   const previous = Deno.cwd();
   Deno.chdir(dir);
   try {
-    run.status = await main(args, io);
+    return await runCli(args);
   } finally {
     Deno.chdir(previous);
   }
-  return run;
 }
 
 function ok(run: Run): Run {

@@ -6,18 +6,7 @@
 
 import { equal, match } from "node:assert/strict";
 import { main } from "../cli.ts";
-import type { CliIo } from "../cli/_common.ts";
-
-function capture(): CliIo & { out: string; err: string } {
-  const io = {
-    out: "",
-    err: "",
-    terminal: false,
-    stdout: (text: string) => void (io.out += text),
-    stderr: (text: string) => void (io.err += text),
-  };
-  return io;
-}
+import { captureIo as capture } from "./_cli.ts";
 
 Deno.test("cli vectors: generate then verify a filtered corpus, human and JSON", async () => {
   const dir = await Deno.makeTempDir();

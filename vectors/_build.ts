@@ -6,6 +6,7 @@
  */
 
 import { MemoryDevice } from "../core/memory_device.ts";
+import { mulberry32 } from "../core/_random.ts";
 import { QcowError } from "../core/errors.ts";
 import type { Image } from "../drivers/image.ts";
 import { openImage } from "../drivers/open_image.ts";
@@ -13,7 +14,7 @@ import { createQcow, type CreateQcowOptions } from "../drivers/qcow/create.ts";
 import { createQcow2, type CreateQcow2Options } from "../drivers/qcow2/create.ts";
 import { Qcow2Image } from "../drivers/qcow2/qcow2_image.ts";
 import { applyEdits } from "./_edits.ts";
-import { fillPattern, hashSeed, prng } from "./_prng.ts";
+import { fillPattern, hashSeed } from "./_prng.ts";
 import type { Layer, Step, VectorSpec } from "./spec.ts";
 
 /** One generated file. */
@@ -56,7 +57,7 @@ function qcow2Of(image: Image, op: string): Qcow2Image {
 
 /** Runs one step of a recipe. */
 async function runStep(image: Image, step: Step, seed: number): Promise<void> {
-  const next = prng(seed);
+  const next = mulberry32(seed);
   switch (step.op) {
     case "write":
       return await writeSpread(image, step.offset, step.length, step.pattern, next, false);

@@ -10,6 +10,7 @@ import type { BlockDevice } from "../core/block_device.ts";
 import { isQcowError, QcowError } from "../core/errors.ts";
 import { MemoryDevice } from "../core/memory_device.ts";
 import { FileDevice } from "../core/file_device.ts";
+import { runTool } from "../core/_run_tool.ts";
 import type { Image } from "../drivers/image.ts";
 import { mapImage } from "../drivers/map_image.ts";
 import { openImage } from "../drivers/open_image.ts";
@@ -236,30 +237,6 @@ export async function observeQcowlab(target: Target): Promise<Expect> {
 // ---------------------------------------------------------------------------------------------
 // qemu-img
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-const decoder = new TextDecoder();
-
-async function tool(command: string, args: string[], cwd: string): Promise<Run> {
-  const output = await new Deno.Command(command, {
-    args,
-    cwd,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).output();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
-}
-
 /** Whether qemu-img and qemu-io can be run. */
 export function haveQemu(): boolean {
   for (const command of ["qemu-img", "qemu-io"]) {
@@ -281,7 +258,7 @@ export function haveQemu(): boolean {
 async function qemuCheck(dir: string, image: string, format: string, repair: boolean) {
   const args = ["check", "--output=json", "-f", format];
   if (repair) args.push("-r", "all");
-  const run = await tool("qemu-img", [...args, image], dir);
+  const run = await runTool("qemu-img", [...args, image], dir);
   if (run.stdout.trim() === "") return { ...NOT_OPENED, exitStatus: run.code };
   return checkNumbers(JSON.parse(run.stdout) as Record<string, unknown>, run.code);
 }
@@ -292,7 +269,7 @@ async function qemuContents(target: Target, size: number): Promise<ContentsExpec
   try {
     if (size <= FULL_HASH_LIMIT) {
       const out = `${scratch}/contents.raw`;
-      const run = await tool(
+      const run = await runTool(
         "qemu-img",
         ["convert", "-f", target.format, "-O", "raw", target.image, out],
         dir,
@@ -306,7 +283,7 @@ async function qemuContents(target: Target, size: number): Promise<ContentsExpec
         () => Promise.resolve([[0, size]]),
       );
     }
-    const map = await tool(
+    const map = await runTool(
       "qemu-img",
       ["map", "--output=json", "-f", target.format, target.image],
       dir,
@@ -323,7 +300,7 @@ async function qemuContents(target: Target, size: number): Promise<ContentsExpec
     );
     let failed = false;
     const result = await digestContents(size, async (buffer, offset) => {
-      const run = await tool("qemu-io", [
+      const run = await runTool("qemu-io", [
         "-r",
         "-f",
         target.format,
@@ -356,7 +333,7 @@ function parseHexDump(text: string, buffer: Uint8Array, base: number): void {
 
 /** What qemu-img (with qemu-io) does with a vector. */
 export async function observeQemu(target: Target): Promise<Expect> {
-  const info = await tool(
+  const info = await runTool(
     "qemu-img",
     ["info", "--output=json", "-f", target.format, target.image],
     target.dir,
@@ -373,7 +350,11 @@ export async function observeQemu(target: Target): Promise<Expect> {
       check: NOT_OPENED,
     };
     const writable = await withCopy(target.dir, async (copy) => {
-      const run = await tool("qemu-io", ["-f", target.format, "-c", "flush", target.image], copy);
+      const run = await runTool(
+        "qemu-io",
+        ["-f", target.format, "-c", "flush", target.image],
+        copy,
+      );
       // A dirty image is repaired as it opens, which qemu-io reports on stderr: only the status counts.
       return run.code === 0;
     });

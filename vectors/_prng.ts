@@ -1,21 +1,9 @@
 /**
- * A small seeded generator (mulberry32) and a stable string hash, so recipes make the same bytes
- * on every machine.
+ * A stable string hash and the pattern filler, so recipes make the same bytes on every machine (the
+ * seeded generator itself is mulberry32 from core/_random.ts).
  *
  * @module
  */
-
-/** Returns a generator of uint32 values from a 32-bit seed. */
-export function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 /** FNV-1a of a string's UTF-16 code units, mixed with `seed`. */
 export function hashSeed(seed: number, text: string): number {

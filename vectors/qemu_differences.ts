@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { CheckExpect, Difference } from "./manifest.ts";
+import type { CheckExpect, ContentsExpect, Difference } from "./manifest.ts";
 
 /** A check qemu-img could not run or report (exit status 1, no JSON). */
 const FAILED: CheckExpect = {
@@ -55,15 +55,52 @@ const ABORTED_REPAIR =
 /** qemu-img has no check for qcow: exit status 63 and no report, once the image opens. */
 const QEMU_NO_CHECK: CheckExpect = { ...FAILED, exitStatus: 63 };
 
+/** The contents of an image that reads as all zeros (what QEMU reads from a table it zero-fills). */
+const ZERO_CONTENTS: ContentsExpect = {
+  sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
+  chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
+  nonZeroChunks: 0,
+};
+
+/** qemu-img opens the image but can neither check nor repair it. */
+const NEVER_CHECKED: Pick<Difference, "check" | "repair" | "afterRepair"> = {
+  check: FAILED,
+  repair: FAILED,
+  afterRepair: FAILED,
+};
+
+/** A clean repair that counted `corruptionsFixed` fixes (one more for the block it grew for). */
+function rebuiltAfterGrowing(corruptionsFixed: number): CheckExpect {
+  return {
+    opened: true,
+    exitStatus: 0,
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed,
+    leaksFixed: 0,
+  };
+}
+
+/** A qcow image qemu-img opens and reads as zeros (and, being qcow, cannot check). */
+function qcowOpensAsZeros(reason: string): Difference {
+  return { reason, open: "opens", contents: ZERO_CONTENTS, check: QEMU_NO_CHECK };
+}
+
+/** A qcow2 file shorter than its header cluster: opened, read as zeros, unrepairable. */
+const SHORT_FIRST_CLUSTER_DIFFERENCE: Difference = {
+  reason: SHORT_FIRST_CLUSTER,
+  open: "opens",
+  contents: ZERO_CONTENTS,
+  check: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
+  afterRepair: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
+};
+
 /** Known qemu-img differences, by vector id. */
 export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   "damaged-v3-l1-past-end": {
     reason: L2_PAST_END,
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "damaged-v3-l1-into-l1": {
     reason: OVERLAP_STOPS_REPAIR,
@@ -71,23 +108,11 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   },
   "damaged-v3-reftable-entry-past-end": {
     reason: GROWS_FOR_REFBLOCK,
-    repair: {
-      opened: true,
-      exitStatus: 0,
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 12,
-      leaksFixed: 0,
-    },
+    repair: rebuiltAfterGrowing(12),
   },
   "damaged-v2-l1-past-end": {
     reason: L2_PAST_END,
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "damaged-v2-l1-into-l1": {
     reason: OVERLAP_STOPS_REPAIR,
@@ -95,35 +120,15 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   },
   "damaged-v2-reftable-entry-past-end": {
     reason: GROWS_FOR_REFBLOCK,
-    repair: {
-      opened: true,
-      exitStatus: 0,
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 11,
-      leaksFixed: 0,
-    },
+    repair: rebuiltAfterGrowing(11),
   },
   "damaged-v3-cluster-4k-refcount-1-l1-past-end": {
     reason: L2_PAST_END,
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "damaged-v3-cluster-4k-refcount-1-reftable-entry-past-end": {
     reason: GROWS_FOR_REFBLOCK,
-    repair: {
-      opened: true,
-      exitStatus: 0,
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 13,
-      leaksFixed: 0,
-    },
+    repair: rebuiltAfterGrowing(13),
   },
   "damaged-v3-cluster-512-refcount-64-l1-past-end": {
     reason: L2_PAST_END,
@@ -139,23 +144,11 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   },
   "damaged-v3-cluster-512-refcount-64-reftable-entry-past-end": {
     reason: GROWS_FOR_REFBLOCK,
-    repair: {
-      opened: true,
-      exitStatus: 0,
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 13,
-      leaksFixed: 0,
-    },
+    repair: rebuiltAfterGrowing(13),
   },
   "damaged-v3-extended-l2-l1-past-end": {
     reason: L2_PAST_END,
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "damaged-v3-extended-l2-l1-into-l1": {
     reason: OVERLAP_STOPS_REPAIR,
@@ -163,15 +156,7 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   },
   "damaged-v3-extended-l2-reftable-entry-past-end": {
     reason: GROWS_FOR_REFBLOCK,
-    repair: {
-      opened: true,
-      exitStatus: 0,
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 12,
-      leaksFixed: 0,
-    },
+    repair: rebuiltAfterGrowing(12),
   },
   "header-header-length-unaligned": {
     reason: HEADER_LENGTH_UNALIGNED,
@@ -185,56 +170,18 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
     repair: { opened: true, exitStatus: 0, corruptions: 0, leaks: 0, checkErrors: 0 },
     afterRepair: { opened: true, exitStatus: 0, corruptions: 0, leaks: 0, checkErrors: 0 },
   },
-  "header-header-length-past-eof": {
-    reason: SHORT_FIRST_CLUSTER,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-    afterRepair: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-  },
-  "header-backing-name-past-eof": {
-    reason: SHORT_FIRST_CLUSTER,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-    afterRepair: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-  },
-  "header-extension-past-eof": {
-    reason: SHORT_FIRST_CLUSTER,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-    afterRepair: { opened: true, exitStatus: 2, corruptions: 3, leaks: 0, checkErrors: 0 },
-  },
+  "header-header-length-past-eof": SHORT_FIRST_CLUSTER_DIFFERENCE,
+  "header-backing-name-past-eof": SHORT_FIRST_CLUSTER_DIFFERENCE,
+  "header-extension-past-eof": SHORT_FIRST_CLUSTER_DIFFERENCE,
   "header-l1-past-eof": {
     reason: TABLE_PAST_END,
     open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "header-l1-cut": {
     reason: TABLE_PAST_END,
     open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "header-reftable-past-eof": {
     reason: TABLE_PAST_END,
@@ -249,9 +196,7 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
     reason: AES_WITHOUT_KEY,
     open: "read-only",
     contents: { error: "qemu-img convert failed" },
-    check: FAILED,
-    repair: FAILED,
-    afterRepair: FAILED,
+    ...NEVER_CHECKED,
   },
   "header-compression-zstd": {
     reason: ZSTD,
@@ -262,58 +207,18 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
     reason: DATA_FILE,
     open: "read-only",
     contents: { error: "qemu-img convert failed" },
-    check: FAILED,
-    repair: FAILED,
-    afterRepair: FAILED,
+    ...NEVER_CHECKED,
   },
   "header-data-file-raw-bit": {
     reason: DATA_FILE_RAW,
     open: "read-only",
     contents: { error: "qemu-img convert failed" },
-    check: FAILED,
-    repair: FAILED,
-    afterRepair: FAILED,
+    ...NEVER_CHECKED,
   },
-  "qcow-header-too-short": {
-    reason: QCOW_SHORT_HEADER,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: QEMU_NO_CHECK,
-  },
-  "qcow-header-l1-offset-huge": {
-    reason: QCOW_TABLE_PAST_END,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: QEMU_NO_CHECK,
-  },
-  "qcow-header-l1-past-eof": {
-    reason: QCOW_TABLE_PAST_END,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: QEMU_NO_CHECK,
-  },
-  "qcow-header-l1-over-header": {
-    reason: QCOW_L1_OVER_HEADER,
-    open: "opens",
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
-    check: QEMU_NO_CHECK,
-  },
+  "qcow-header-too-short": qcowOpensAsZeros(QCOW_SHORT_HEADER),
+  "qcow-header-l1-offset-huge": qcowOpensAsZeros(QCOW_TABLE_PAST_END),
+  "qcow-header-l1-past-eof": qcowOpensAsZeros(QCOW_TABLE_PAST_END),
+  "qcow-header-l1-over-header": qcowOpensAsZeros(QCOW_L1_OVER_HEADER),
   "qcow-header-backing-name-past-eof": {
     reason: QCOW_NAME_PAST_END,
     open: "opens",
@@ -326,11 +231,7 @@ export const QEMU_DIFFERENCES: Readonly<Record<string, Difference>> = {
   },
   "qcow-header-l2-past-eof": {
     reason: L2_PAST_END,
-    contents: {
-      sha256: "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58",
-      chunkedSha256: "f2bd491964b093b924ac77a7968ccb10561f4f1652c4d3d82c6f0be02fbb0fac",
-      nonZeroChunks: 0,
-    },
+    contents: ZERO_CONTENTS,
   },
   "damaged-snapshots-entry-without-disk-size": {
     reason: ABORTED_REPAIR,

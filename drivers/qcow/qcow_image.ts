@@ -120,6 +120,8 @@ export class QcowImage implements Image {
   #end: number;
   /** Newly allocated clusters were written since the last device flush. */
   #dataUnsynced = false;
+  /** Guest data was written in place (no metadata change) since the last device flush. */
+  #writesUnsynced = false;
   #compressedKey = -1;
   /** Set by `#cachedDataRun`. */
   #runHost = 0;
@@ -157,7 +159,7 @@ export class QcowImage implements Image {
         return this.#device.read(table, offset);
       },
       store: (offset, table) => this.#storeL2(offset, table),
-      sync: () => this.#device.flush(),
+      sync: () => this.#sync(),
     });
   }
 
@@ -669,6 +671,7 @@ export class QcowImage implements Image {
     if (!this.#cipher) {
       this.#announce("write_aio");
       await this.#device.write(data, host + piece.within);
+      this.#writesUnsynced = true;
       return;
     }
     const from = Math.floor(piece.within / AES_SECTOR_SIZE) * AES_SECTOR_SIZE;
@@ -683,6 +686,7 @@ export class QcowImage implements Image {
     this.#cipher.encrypt(sectors, first);
     this.#announce("write_aio");
     await this.#device.write(sectors, host + from);
+    this.#writesUnsynced = true;
   }
 
   async #writeCompressedCluster(start: number, cluster: Uint8Array): Promise<void> {
@@ -734,12 +738,17 @@ export class QcowImage implements Image {
     await this.#device.write(table, offset);
   }
 
+  /** A device flush: everything written before it is durable. */
+  async #sync(): Promise<void> {
+    await this.#device.flush();
+    this.#dataUnsynced = false;
+    this.#writesUnsynced = false;
+  }
+
   async #flushUnlocked(): Promise<void> {
     await this.#cache.flush();
-    if (this.#dataUnsynced) {
-      await this.#device.flush();
-      this.#dataUnsynced = false;
-    }
+    // Data written in place changes no metadata, but a flush must make it durable too.
+    if (this.#dataUnsynced || this.#writesUnsynced) await this.#sync();
     if (this.#l1Dirty.size === 0) return;
     const indexes = [...this.#l1Dirty].sort((a, b) => a - b);
     let runStart = 0;
@@ -755,7 +764,7 @@ export class QcowImage implements Image {
       runStart = i;
     }
     this.#l1Dirty.clear();
-    await this.#device.flush();
+    await this.#sync();
   }
 
   #announce(name: DriverEvent): void {

@@ -9,7 +9,7 @@ import { z } from "zod";
 import type { BlockDevice } from "../../core/block_device.ts";
 import { readU32, readU64 } from "../../core/bytes.ts";
 import { QcowError } from "../../core/errors.ts";
-import { encodeAmendedHeader } from "./amend_header.ts";
+import { encodeAmendedHeader, headerFields } from "./amend_header.ts";
 import { changeRefcountOrder } from "./amend_refcounts.ts";
 import { expandZeroClusters } from "./amend_zero.ts";
 import { CheckImage, zeroCounts } from "./check_image.ts";
@@ -230,16 +230,7 @@ export async function amendQcow2(
 
   const keepBitmaps = header.bitmaps !== undefined &&
     (header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n;
-  const fields = {
-    version: oldVersion,
-    incompatible: header.incompatibleFeatures,
-    compatible: header.compatibleFeatures,
-    autoclear: header.autoclearFeatures,
-    refcountOrder: header.refcountOrder,
-    reftableOffset: header.refcountTableOffset,
-    reftableClusters: header.refcountTableClusters,
-    keepBitmaps,
-  };
+  const fields = headerFields(header, keepBitmaps);
   const writeHeader = async (): Promise<void> => {
     await device.write(encodeAmendedHeader(header, fields), 0);
     await device.flush();

@@ -16,6 +16,7 @@ import {
   EXT_FEATURE_TABLE,
   type Qcow2Header,
 } from "./header.ts";
+import { featureNameTable, putExtension } from "./_header_extensions.ts";
 
 /** The header fields an amend changes; the rest comes from the image's header. */
 export interface AmendedFields {
@@ -42,18 +43,6 @@ const V3_HEADER_BYTES = 112;
 /** Bytes of a version 2 header. */
 const V2_HEADER_BYTES = 72;
 
-/** The feature name table QEMU writes, in its order: type, bit, name. */
-const FEATURE_NAMES: [number, number, string][] = [
-  [0, 0, "dirty bit"],
-  [0, 1, "corrupt bit"],
-  [0, 2, "external data file"],
-  [0, 3, "compression type"],
-  [0, 4, "extended L2 entries"],
-  [1, 0, "lazy refcounts"],
-  [2, 0, "bitmaps"],
-  [2, 1, "raw external data"],
-];
-
 /** Extension types QEMU understands; any other is preserved as it was. */
 const KNOWN_EXTENSIONS = new Set([
   EXT_END,
@@ -63,6 +52,26 @@ const KNOWN_EXTENSIONS = new Set([
   EXT_CRYPTO,
   EXT_DATA_FILE,
 ]);
+
+/**
+ * The header's fields as they stand, the starting point of an amend.
+ *
+ * @param header The image's header as parsed.
+ * @param keepBitmaps Whether the bitmaps extension is kept.
+ * @returns Fields that {@linkcode encodeAmendedHeader} turns back into the same header.
+ */
+export function headerFields(header: Qcow2Header, keepBitmaps: boolean): AmendedFields {
+  return {
+    version: header.version as 2 | 3,
+    incompatible: header.incompatibleFeatures,
+    compatible: header.compatibleFeatures,
+    autoclear: header.autoclearFeatures,
+    refcountOrder: header.refcountOrder,
+    reftableOffset: header.refcountTableOffset,
+    reftableClusters: header.refcountTableClusters,
+    keepBitmaps,
+  };
+}
 
 /**
  * Lays out the whole first cluster as QEMU does when it rewrites a header: the fixed fields
@@ -110,25 +119,16 @@ export function encodeAmendedHeader(header: Qcow2Header, fields: AmendedFields):
   const tooBig = (): QcowError =>
     new QcowError("INVALID_ARGUMENT", "The amended header does not fit in one cluster");
   const extension = (type: number, data: Uint8Array): void => {
-    const padded = Math.ceil(data.length / 8) * 8;
-    if (at + 8 + padded + 8 > clusterSize) throw tooBig();
-    writeU32(first, at, type);
-    writeU32(first, at + 4, data.length);
-    first.set(data, at + 8);
-    at += 8 + padded;
+    const next = putExtension(first, at, type, data);
+    if (next === undefined) throw tooBig();
+    at = next;
   };
   const encoder = new TextEncoder();
   if (header.backingFormat !== undefined) {
     extension(EXT_BACKING_FORMAT, encoder.encode(header.backingFormat));
   }
   if (v3 && clusterSize > 4096) {
-    const table = new Uint8Array(FEATURE_NAMES.length * 48);
-    FEATURE_NAMES.forEach(([type, bit, name], i) => {
-      table[i * 48] = type;
-      table[i * 48 + 1] = bit;
-      table.set(encoder.encode(name), i * 48 + 2);
-    });
-    extension(EXT_FEATURE_TABLE, table);
+    extension(EXT_FEATURE_TABLE, featureNameTable());
   }
   if (fields.keepBitmaps) {
     const bitmaps = header.extensions.find((e) => e.type === EXT_BITMAPS);

@@ -1,23 +1,11 @@
 import assert from "node:assert/strict";
-import { encodeAmendedHeader } from "./amend_header.ts";
+import { encodeAmendedHeader, headerFields } from "./amend_header.ts";
 import { encodeNewHeader } from "./header_codec.ts";
 import { COMPAT_LAZY_REFCOUNTS, parseQcow2Header } from "./header.ts";
 
 function fieldsOf(first: Uint8Array) {
   const header = parseQcow2Header(first);
-  return {
-    header,
-    fields: {
-      version: header.version as 2 | 3,
-      incompatible: header.incompatibleFeatures,
-      compatible: header.compatibleFeatures,
-      autoclear: header.autoclearFeatures,
-      refcountOrder: header.refcountOrder,
-      reftableOffset: header.refcountTableOffset,
-      reftableClusters: header.refcountTableClusters,
-      keepBitmaps: false,
-    },
-  };
+  return { header, fields: headerFields(header, false) };
 }
 
 Deno.test("encodeAmendedHeader() rewrites a fresh header byte for byte", () => {

@@ -12,6 +12,7 @@ import {
   EXT_FEATURE_TABLE,
   INCOMPAT_EXTENDED_L2,
 } from "./header.ts";
+import { featureNameTable, putExtension } from "./_header_extensions.ts";
 
 /** The fields of a new image's first cluster. */
 export interface NewHeader {
@@ -34,18 +35,6 @@ export interface NewHeader {
   /** Backing file format. */
   backingFormat?: string;
 }
-
-/** The names QEMU writes into the feature name table, in its order. */
-const FEATURE_NAMES: [number, number, string][] = [
-  [0, 0, "dirty bit"],
-  [0, 1, "corrupt bit"],
-  [0, 2, "external data file"],
-  [0, 3, "compression type"],
-  [0, 4, "extended L2 entries"],
-  [1, 0, "lazy refcounts"],
-  [2, 0, "bitmaps"],
-  [2, 1, "raw external data"],
-];
 
 /**
  * Lays out the first cluster of a new image: header, backing format and feature name table
@@ -76,26 +65,17 @@ export function encodeNewHeader(fields: NewHeader): Uint8Array {
   }
   const encoder = new TextEncoder();
   const extension = (type: number, data: Uint8Array): void => {
-    const padded = Math.ceil(data.length / 8) * 8;
-    if (at + 8 + padded + 8 > clusterSize) {
+    const next = putExtension(first, at, type, data);
+    if (next === undefined) {
       throw new QcowError("INVALID_ARGUMENT", "The header extensions do not fit in one cluster");
     }
-    writeU32(first, at, type);
-    writeU32(first, at + 4, data.length);
-    first.set(data, at + 8);
-    at += 8 + padded;
+    at = next;
   };
   if (fields.backingFormat !== undefined) {
     extension(EXT_BACKING_FORMAT, encoder.encode(fields.backingFormat));
   }
   if (v3 && clusterSize > 4096) {
-    const table = new Uint8Array(FEATURE_NAMES.length * 48);
-    FEATURE_NAMES.forEach(([type, bit, name], i) => {
-      table[i * 48] = type;
-      table[i * 48 + 1] = bit;
-      table.set(encoder.encode(name), i * 48 + 2);
-    });
-    extension(EXT_FEATURE_TABLE, table);
+    extension(EXT_FEATURE_TABLE, featureNameTable());
   }
   at += 8; // end marker (zeros)
   if (fields.backingFile !== undefined) {
