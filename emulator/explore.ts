@@ -25,6 +25,7 @@ import {
   WorkloadModel,
 } from "./invariants.ts";
 import type { RecordedRun } from "./workload_run.ts";
+import { workloadClusterSize } from "./workload.ts";
 import type { WriteLogEntry } from "./recording_device.ts";
 import { SECTOR } from "./workload_pattern.ts";
 
@@ -78,6 +79,11 @@ export interface ExploreResult {
   violations: Violation[];
   /** States whose observation was reused. */
   reused: number;
+  /**
+   * States that passed (b) only by the documented exception: nothing but OFLAG_COPIED
+   * mismatches before repair, in a snapshot operation's crash window (see `ALLOWED_OFLAG_COPIED`).
+   */
+  allowedCopied: number;
 }
 
 /** An empty count table. */
@@ -147,7 +153,7 @@ export class Explorer {
       this.#format.lazy(run.workload.image),
     );
     this.#host = new HostTags(run.base, run.log);
-    this.#clusterSize = run.workload.image.clusterSize ?? 65536;
+    this.#clusterSize = workloadClusterSize(run.workload.image);
     const shard = options.shard;
     if (
       shard &&
@@ -216,10 +222,12 @@ export class Explorer {
     const violations: Violation[] = [];
     let states = 0;
     let violatingStates = 0;
+    let allowedCopied = 0;
     const keep = this.#options.maxViolations ?? 20;
     for (const state of this.states()) {
       const verdict = await this.verify(state);
       states++;
+      if (verdict.allowed !== undefined) allowedCopied++;
       for (const name of INVARIANTS) {
         const result = verdict.results[name];
         if (result === undefined) continue;
@@ -242,7 +250,14 @@ export class Explorer {
       }
       this.#options.onProgress?.(states, total);
     }
-    return { states, invariants, violatingStates, violations, reused: this.#reused };
+    return {
+      states,
+      invariants,
+      violatingStates,
+      violations,
+      reused: this.#reused,
+      allowedCopied,
+    };
   }
 
   /** Verifies the state with the given id. */

@@ -44,6 +44,8 @@ export interface CampaignOptions {
   shrink?: boolean;
   /** How workloads are recorded (fault injection). */
   record?: RecordOptions;
+  /** Generated workloads also create, apply and delete snapshots (qcow2); default false. */
+  snapshots?: boolean;
   /** Progress: states done of the total. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -58,6 +60,8 @@ export interface CampaignResult {
   states: number;
   /** Observations reused between states. */
   reused: number;
+  /** States that passed (b) only by the documented OFLAG_COPIED exception (see `ExploreResult`). */
+  allowedCopied: number;
   /** Per invariant. */
   invariants: Record<InvariantName, InvariantCount>;
   /** States with a violation. */
@@ -106,6 +110,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
   const violations: CampaignResult["violations"] = [];
   let states = 0;
   let reused = 0;
+  let allowedCopied = 0;
   let violatingStates = 0;
   let seconds = 0;
   let firstBad: Workload | undefined;
@@ -116,7 +121,12 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
   for (let w = 0; w < count; w++) {
     const workloadSeed = seed + w;
     const workload = options.workload ??
-      generateWorkload({ seed: workloadSeed, ops: options.ops ?? 50, image: options.image });
+      generateWorkload({
+        seed: workloadSeed,
+        ops: options.ops ?? 50,
+        image: options.image,
+        snapshots: options.snapshots ?? false,
+      });
     const run = await recordWorkload(workload, options.record);
     failedRequests += run.ops.filter((op) => op.failed !== undefined).length;
     const shareOf = (k: number): number =>
@@ -142,6 +152,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
     seconds += (performance.now() - start) / 1000;
     states += result.states;
     reused += result.reused;
+    allowedCopied += result.allowedCopied;
     violatingStates += result.violatingStates;
     for (const name of INVARIANTS) {
       invariants[name].checked += result.invariants[name].checked;
@@ -157,6 +168,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
     failedRequests,
     states,
     reused,
+    allowedCopied,
     invariants,
     violatingStates,
     violations,

@@ -13,6 +13,10 @@ import { checkQcow2, type CheckResult } from "../drivers/qcow2/check.ts";
 import { readU32, readU64 } from "../core/bytes.ts";
 import { compressedLocation, entryCompressed, entryOffset } from "../drivers/qcow2/entries.ts";
 import { INCOMPAT_EXTENDED_L2 } from "../drivers/qcow2/header.ts";
+import { createQcow } from "../drivers/qcow/create.ts";
+import { QcowImage } from "../drivers/qcow/qcow_image.ts";
+import { checkQcow } from "../drivers/qcow/check.ts";
+import { decodeEntry, l1Index, l2Index } from "../drivers/qcow/entries.ts";
 import type { WorkloadFormat, WorkloadImage } from "./workload.ts";
 
 /** The name a workload's image gives its backing file. */
@@ -26,7 +30,10 @@ export interface ExploreFormat {
   create(device: BlockDevice, image: WorkloadImage): Promise<void>;
   /** Opens an image (a writable open of a dirty image repairs it first). */
   open(device: BlockDevice, readOnly: boolean): Promise<Image>;
-  /** Checks the image as `qemu-img check` does, repairing everything with `repair: true`. */
+  /**
+   * Checks the image as `qemu-img check` does, repairing everything with `repair: true` (for a
+   * format without refcounts, leaks stay: nothing can reclaim them).
+   */
   check(device: BlockDevice, repair: boolean): Promise<CheckResult>;
   /** Reads the header's dirty and corrupt bits (both false for formats without them). */
   flags(device: BlockDevice): Promise<{ dirty: boolean; corrupt: boolean }>;
@@ -43,6 +50,8 @@ export interface ExploreFormat {
     device: BlockDevice,
     offset: number,
   ): Promise<Uint8Array | undefined>;
+  /** The internal snapshots' names, in table order (formats with snapshots). Optional. */
+  snapshotNames?(image: Image): Promise<string[]>;
 }
 
 const qcow2: ExploreFormat = {
@@ -79,6 +88,10 @@ const qcow2: ExploreFormat = {
   lazy(image) {
     return (image.compat ?? "1.1") === "1.1" && image.lazyRefcounts === true;
   },
+  async snapshotNames(image) {
+    if (!(image instanceof Qcow2Image)) return [];
+    return (await image.listSnapshots()).map((s) => s.name);
+  },
   async compressedBytes(image, device, offset) {
     if (!(image instanceof Qcow2Image)) return undefined;
     const h = image.header;
@@ -106,6 +119,65 @@ const qcow2: ExploreFormat = {
 };
 
 /**
+ * qcow (version 1): no refcounts, no header flags, no repair. `checkQcow`'s structural errors
+ * count as corruptions; space nothing refers to (appended and never linked) as leaks, in
+ * clusters, which stay after a "repair".
+ */
+const qcow: ExploreFormat = {
+  name: "qcow",
+  async create(device, image) {
+    await createQcow(device, {
+      size: image.size,
+      ...(image.clusterSize === undefined ? {} : { clusterSize: image.clusterSize }),
+      ...(image.backingSize === undefined ? {} : { backingFile: BACKING_NAME }),
+    });
+  },
+  open(device, readOnly) {
+    return QcowImage.open(device, { readOnly });
+  },
+  async check(device) {
+    const report = await checkQcow(device);
+    const head = new Uint8Array(33);
+    await device.read(head, 0);
+    const cs = 2 ** head[32]!;
+    const leaks = report.leakedClusters + Math.ceil(report.leakedTailBytes / cs);
+    return {
+      filename: device.name,
+      format: "qcow",
+      "check-errors": 0,
+      corruptions: report.errors.length,
+      leaks,
+      messages: report.errors.map((e) => `ERROR ${e.message}`),
+    };
+  },
+  flags() {
+    return Promise.resolve({ dirty: false, corrupt: false });
+  },
+  lazy() {
+    return false;
+  },
+  async compressedBytes(image, device, offset) {
+    if (!(image instanceof QcowImage)) return undefined;
+    const h = image.header;
+    const index = l1Index(offset, h.clusterBits, h.l2Bits);
+    const entry = new Uint8Array(8);
+    if (h.l1TableOffset + (index + 1) * 8 > device.size) return undefined;
+    await device.read(entry, h.l1TableOffset + index * 8);
+    const l2 = readU64(entry, 0);
+    const at = l2 + l2Index(offset, h.clusterBits, h.l2Bits) * 8;
+    if (l2 === 0 || at + 8 > device.size) return undefined;
+    await device.read(entry, at);
+    const decoded = decodeEntry(readU32(entry, 0), readU32(entry, 4), h.clusterBits);
+    if (decoded.kind !== "compressed") return undefined;
+    const end = Math.min(decoded.offset + decoded.length, device.size);
+    const out = new Uint8Array(8 + Math.max(0, end - decoded.offset));
+    out.set(entry);
+    if (end > decoded.offset) await device.read(out.subarray(8), decoded.offset);
+    return out;
+  },
+};
+
+/**
  * The exploration hooks of a format.
  *
  * @example
@@ -117,12 +189,13 @@ const qcow2: ExploreFormat = {
  *
  * @param name The format.
  * @returns Its hooks.
- * @throws {QcowError} `UNSUPPORTED_FEATURE` for a format whose driver cannot write yet.
+ * @throws {QcowError} `UNSUPPORTED_FEATURE` for any other format.
  */
 export function exploreFormat(name: WorkloadFormat): ExploreFormat {
   if (name === "qcow2") return qcow2;
+  if (name === "qcow") return qcow;
   throw new QcowError(
     "UNSUPPORTED_FEATURE",
-    `Crash exploration of ${name} images needs a writable ${name} driver, which is not there yet`,
+    `Crash exploration knows qcow2 and qcow images, not ${String(name)}`,
   );
 }

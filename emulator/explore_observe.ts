@@ -117,6 +117,7 @@ async function check(
       corruptions: 0,
       leaks: 0,
       checkErrors: 0,
+      copied: 0,
       failure: isQcowError(error) ? error.message : `untyped error: ${describe(error)}`,
     };
   }
@@ -244,6 +245,7 @@ export async function observeState(
   let size = 0;
   const runs: ObservedRun[] = [];
   let markedCorrupt = false;
+  let snapshots: string[] | undefined;
   let image: Image | undefined;
   try {
     image = await format.open(device, false);
@@ -287,6 +289,7 @@ export async function observeState(
         at += status.length;
       }
     }
+    if (format.snapshotNames) snapshots = await format.snapshotNames(image);
     markedCorrupt = (image as { corrupt?: boolean }).corrupt === true;
   } catch (error) {
     open = { ok: false, typed: isQcowError(error), message: describe(error) };
@@ -303,5 +306,16 @@ export async function observeState(
   const unchanged = tracker.changes === 0 && checkBefore.status === 0;
   const checkAfter = unchanged ? checkBefore : await check(format, device, true);
   const flagsAfter = unchanged ? flagsBefore : await format.flags(device);
-  return { flagsBefore, checkBefore, open, size, runs, markedCorrupt, checkAfter, flagsAfter };
+  const obs: StateObservation = {
+    flagsBefore,
+    checkBefore,
+    open,
+    size,
+    runs,
+    markedCorrupt,
+    checkAfter,
+    flagsAfter,
+  };
+  if (snapshots !== undefined && open.ok) obs.snapshots = snapshots;
+  return obs;
 }

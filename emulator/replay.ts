@@ -28,7 +28,7 @@ const schema = z.object({
   }).strict(),
   state: z.string().min(1),
   failures: z.array(
-    z.object({ invariant: z.enum(["a", "b", "c", "d", "e", "f"]), message: z.string() }),
+    z.object({ invariant: z.enum(["a", "b", "c", "d", "e", "f", "g"]), message: z.string() }),
   ),
 }).strict();
 

@@ -34,8 +34,9 @@ export interface WorkloadImage {
  * from the operation's tag and the sector number (see {@linkcode fillPattern}), so any sector read
  * back names the request that wrote it.
  *
- * New kinds (snapshot create/apply/delete, once the drivers have them) are added here, in
- * {@linkcode applyOp} and in the model's `opEffect`; nothing else needs to know them.
+ * Snapshot requests (qcow2 only) create, apply and delete internal snapshots by name; as in QEMU
+ * they end with a flush, so a completed one is durable. New kinds are added here, in
+ * {@linkcode applyOp} and in the model (`invariants.ts`); nothing else needs to know them.
  */
 export type WorkloadOp =
   | { op: "write"; offset: number; length: number }
@@ -43,7 +44,10 @@ export type WorkloadOp =
   | { op: "discard"; offset: number; length: number }
   | { op: "write_compressed"; offset: number; length: number }
   | { op: "resize"; size: number }
-  | { op: "flush" };
+  | { op: "flush" }
+  | { op: "snapshot_create"; name: string }
+  | { op: "snapshot_apply"; name: string }
+  | { op: "snapshot_delete"; name: string };
 
 /** A workload: the image and the requests, in order. */
 export interface Workload {
@@ -63,6 +67,32 @@ export interface GenerateWorkloadOptions {
   ops?: number;
   /** The image; default a 64 MiB qcow2 version 3 image with 64 KiB clusters. */
   image?: Partial<WorkloadImage>;
+  /**
+   * Also snapshot create, apply and delete requests (about 1 request in 12; qcow2 only, ignored
+   * for qcow and for refcounts narrower than 16 bits; at most 4 live snapshots); default false,
+   * so the requests of a seed stay what they were before snapshots.
+   */
+  snapshots?: boolean;
+}
+
+/**
+ * The cluster size a workload's image has: the given one, else the format's default (qcow2 64
+ * KiB; qcow 4 KiB, or 512 bytes with a backing file, as qemu-img).
+ *
+ * @example
+ * ```ts
+ * import { workloadClusterSize } from "@qcowlab/qcowlab/emulator";
+ *
+ * console.log(workloadClusterSize({ format: "qcow", size: 1 << 20 })); // 4096
+ * ```
+ *
+ * @param image The image options.
+ * @returns The cluster size in bytes.
+ */
+export function workloadClusterSize(image: WorkloadImage): number {
+  if (image.clusterSize !== undefined) return image.clusterSize;
+  if (image.format === "qcow") return image.backingSize === undefined ? 4096 : 512;
+  return 65536;
 }
 
 /** The tag of the pattern a backing file holds. */
@@ -102,7 +132,7 @@ const MiB = 1024 * 1024;
 
 /**
  * Generates a random but reproducible workload: writes, zero writes, discards, compressed writes,
- * growing resizes and flushes, concentrated on a few hot regions so requests overlap, reuse
+ * growing resizes (qcow2 only) and flushes, with `snapshots` also snapshot requests, concentrated on a few hot regions so requests overlap, reuse
  * clusters and cross L2 and refcount block boundaries.
  *
  * @example Two calls with the same seed give the same requests
@@ -128,9 +158,19 @@ export function generateWorkload(options: GenerateWorkloadOptions = {}): Workloa
   const image: WorkloadImage = { format: "qcow2", size: 64 * MiB, ...options.image };
   const next = mulberry32(options.seed ?? 1);
   const pick = (n: number): number => next() % Math.max(1, n);
-  const cs = image.clusterSize ?? 65536;
+  const cs = workloadClusterSize(image);
   const sectorsPerCluster = cs / 512;
-  const v2WithBacking = image.compat === "0.10" && image.backingSize !== undefined;
+  const qcow = image.format === "qcow";
+  const v2 = image.compat === "0.10";
+  const v2WithBacking = v2 && image.backingSize !== undefined;
+  // A host cluster holding several compressed clusters has a reference per piece, and each
+  // snapshot adds one more to each: refcounts narrower than 16 bits overflow (QEMU refuses such
+  // a snapshot too), so they get no snapshot requests.
+  const maxLive = 4;
+  const snapshots = options.snapshots === true && !qcow && (image.refcountBits ?? 16) >= 16;
+  /** Live snapshots: name and the disk size when taken. */
+  const live: { name: string; size: number }[] = [];
+  let snapshotCount = 0;
   let size = image.size;
   const maxSize = image.size * 2;
   // A few hot spots, each a couple of clusters wide, plus the occasional far request.
@@ -168,10 +208,31 @@ export function generateWorkload(options: GenerateWorkloadOptions = {}): Workloa
       if (offset !== undefined) ops.push({ op: "write_compressed", offset, length });
     } else if (roll < 73) {
       // Growing only: shrinking needs an unallocated tail, which a random workload rarely has.
+      // qcow cannot resize; version 2 cannot while it has snapshots (QEMU refuses both).
       const grow = (1 + pick(16)) * cs;
-      if (size + grow <= maxSize && !v2WithBacking) {
+      if (size + grow <= maxSize && !v2WithBacking && !qcow && !(v2 && live.length > 0)) {
         size += grow;
         ops.push({ op: "resize", size });
+      }
+    } else if (snapshots && roll < 81) {
+      const kind = pick(3);
+      if (kind === 0 || live.length === 0) {
+        if (live.length < maxLive) {
+          const name = `s${++snapshotCount}`;
+          live.push({ name, size });
+          ops.push({ op: "snapshot_create", name });
+        }
+      } else if (kind === 1) {
+        // Version 2 snapshots record no disk size: only one of the current size can be applied.
+        const fits = live.filter((s) => !v2 || s.size === size);
+        if (fits.length > 0) {
+          const chosen = fits[pick(fits.length)]!;
+          size = chosen.size;
+          ops.push({ op: "snapshot_apply", name: chosen.name });
+        }
+      } else {
+        const [gone] = live.splice(pick(live.length), 1);
+        ops.push({ op: "snapshot_delete", name: gone!.name });
       }
     } else {
       ops.push({ op: "flush" });

@@ -22,6 +22,7 @@ const imageSchema = z.object({
   backingSize: sectorAligned.optional(),
 }).strict();
 
+const snapshotName = z.string().min(1).max(255);
 const range = { offset: sectorAligned, length: sectorAligned };
 const opSchema = z.discriminatedUnion("op", [
   z.object({ op: z.literal("write"), ...range }).strict(),
@@ -30,6 +31,9 @@ const opSchema = z.discriminatedUnion("op", [
   z.object({ op: z.literal("write_compressed"), ...range }).strict(),
   z.object({ op: z.literal("resize"), size: sectorAligned }).strict(),
   z.object({ op: z.literal("flush") }).strict(),
+  z.object({ op: z.literal("snapshot_create"), name: snapshotName }).strict(),
+  z.object({ op: z.literal("snapshot_apply"), name: snapshotName }).strict(),
+  z.object({ op: z.literal("snapshot_delete"), name: snapshotName }).strict(),
 ]);
 
 const schema = z.object({
@@ -45,7 +49,9 @@ function bad(message: string): QcowError {
 /**
  * Reads a workload from JSON text (or an already parsed value), as written by
  * `JSON.stringify(workload)`. Requests must stay inside the disk as it is sized at that point;
- * only growing resizes are allowed; backing files may not be larger than the disk.
+ * only growing resizes are allowed; backing files may not be larger than the disk; snapshot
+ * requests (qcow2 only) name a snapshot that exists (apply, delete) or does not (create); qcow
+ * images take no resize.
  *
  * @example
  * ```ts
@@ -82,10 +88,25 @@ export function parseWorkload(input: string | unknown): Workload {
     throw bad("image.backingSize: the backing file may not be larger than the disk");
   }
   let size = image.size;
+  /** Live snapshots by name: the disk size when taken. */
+  const live = new Map<string, number>();
   for (const [index, op] of workload.ops.entries()) {
     if (op.op === "resize") {
+      if (image.format === "qcow") throw bad(`ops.${index}: qcow images cannot be resized`);
       if (op.size < size) throw bad(`ops.${index}: only growing resizes are supported`);
       size = op.size;
+    } else if (
+      op.op === "snapshot_create" || op.op === "snapshot_apply" || op.op === "snapshot_delete"
+    ) {
+      if (image.format !== "qcow2") throw bad(`ops.${index}: ${image.format} has no snapshots`);
+      const taken = live.get(op.name);
+      if (op.op === "snapshot_create") {
+        if (taken !== undefined) throw bad(`ops.${index}: snapshot '${op.name}' already exists`);
+        live.set(op.name, size);
+      } else if (taken === undefined) {
+        throw bad(`ops.${index}: no snapshot '${op.name}' at that point`);
+      } else if (op.op === "snapshot_apply") size = taken;
+      else live.delete(op.name);
     } else if (op.op !== "flush" && op.offset + op.length > size) {
       throw bad(
         `ops.${index}: ${op.op} of ${op.length} bytes at ${op.offset} ends past the disk (${size} bytes)`,

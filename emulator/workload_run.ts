@@ -10,6 +10,7 @@ import { MemoryDevice } from "../core/memory_device.ts";
 import { QcowError } from "../core/errors.ts";
 import type { Image } from "../drivers/image.ts";
 import { RawImage } from "../drivers/raw.ts";
+import { Qcow2Image } from "../drivers/qcow2/qcow2_image.ts";
 import { RecordingDevice, type WriteLogEntry } from "./recording_device.ts";
 import { BACKING_NAME, exploreFormat } from "./explore_format.ts";
 import { BACKING_TAG, opTag, type Workload, type WorkloadOp } from "./workload.ts";
@@ -87,6 +88,18 @@ export async function applyOp(image: Image, op: WorkloadOp, tag: number): Promis
       return await image.resize(op.size);
     case "flush":
       return await image.flush();
+    case "snapshot_create":
+    case "snapshot_apply":
+    case "snapshot_delete": {
+      if (!(image instanceof Qcow2Image)) {
+        throw new QcowError("UNSUPPORTED_FEATURE", `${image.format} images have no snapshots`);
+      }
+      // A fixed date keeps the write log the same from run to run (replays, shrinking).
+      if (op.op === "snapshot_create") await image.createSnapshot(op.name, { date: tag * 1000 });
+      else if (op.op === "snapshot_apply") await image.applySnapshot(op.name, { match: "name" });
+      else await image.deleteSnapshot(op.name, { match: "name" });
+      return;
+    }
   }
 }
 

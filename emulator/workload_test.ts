@@ -22,7 +22,7 @@ Deno.test("generateWorkload() is reproducible and keeps requests inside the disk
     if (op.op === "resize") {
       assert.ok(op.size > size);
       size = op.size;
-    } else if (op.op !== "flush") {
+    } else if ("offset" in op) {
       assert.ok(op.offset >= 0 && op.offset + op.length <= size, JSON.stringify(op));
       assert.equal(op.offset % 512, 0);
     }
@@ -78,4 +78,70 @@ Deno.test("identifySector() tells zeros, patterns and anything else apart", () =
   assert.equal(identifySector(data, 1024), GARBAGE);
   data[5] = 1;
   assert.equal(identifySector(data, 0), GARBAGE);
+});
+
+Deno.test("generateWorkload() with snapshots: valid names, sizes that QEMU accepts", () => {
+  for (const compat of ["1.1", "0.10"] as const) {
+    const w = generateWorkload({
+      seed: 6,
+      ops: 400,
+      image: { size: 4 << 20, clusterSize: 4096, compat },
+      snapshots: true,
+    });
+    const kinds = new Set(w.ops.map((op) => op.op));
+    for (const kind of ["snapshot_create", "snapshot_apply", "snapshot_delete"]) {
+      assert.ok(kinds.has(kind as never), `${compat}: no ${kind}`);
+    }
+    // parseWorkload checks that every apply and delete names a live snapshot, and sizes.
+    assert.deepEqual(parseWorkload(JSON.stringify(w)), w);
+  }
+  // Without the option, and for qcow, there are none.
+  const plain = generateWorkload({ seed: 6, ops: 400, image: { size: 4 << 20 } });
+  assert.ok(plain.ops.every((op) => !op.op.startsWith("snapshot_")));
+  const qcow = generateWorkload({
+    seed: 6,
+    ops: 400,
+    image: { format: "qcow", size: 4 << 20 },
+    snapshots: true,
+  });
+  assert.ok(qcow.ops.every((op) => !op.op.startsWith("snapshot_") && op.op !== "resize"));
+  for (const op of qcow.ops) {
+    if (op.op === "write_compressed") assert.equal(op.offset % 4096, 0);
+  }
+});
+
+Deno.test("parseWorkload() refuses snapshot requests that cannot run", () => {
+  const image = { format: "qcow2", size: 1048576 };
+  const bad = (ops: unknown[], format = "qcow2"): void => {
+    assert.throws(
+      () => parseWorkload({ version: 1, image: { ...image, format }, ops }),
+      (e) => e instanceof QcowError && e.code === "INVALID_ARGUMENT",
+    );
+  };
+  bad([{ op: "snapshot_apply", name: "x" }]);
+  bad([{ op: "snapshot_create", name: "x" }, { op: "snapshot_create", name: "x" }]);
+  bad([{ op: "snapshot_create", name: "x" }, { op: "snapshot_delete", name: "x" }, {
+    op: "snapshot_delete",
+    name: "x",
+  }]);
+  bad([{ op: "snapshot_create", name: "" }]);
+  bad([{ op: "snapshot_create", name: "x" }], "qcow");
+  bad([{ op: "resize", size: 2097152 }], "qcow");
+  // A snapshot taken before a resize brings its size back when applied.
+  const ok = parseWorkload({
+    version: 1,
+    image,
+    ops: [
+      { op: "snapshot_create", name: "x" },
+      { op: "resize", size: 2097152 },
+      { op: "snapshot_apply", name: "x" },
+    ],
+  });
+  assert.equal(ok.ops.length, 3);
+  bad([
+    { op: "snapshot_create", name: "x" },
+    { op: "resize", size: 2097152 },
+    { op: "snapshot_apply", name: "x" },
+    { op: "write", offset: 1048576, length: 512 },
+  ]);
 });

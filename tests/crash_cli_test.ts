@@ -64,7 +64,11 @@ Deno.test("cli.ts crash rejects bad options with one line", async () => {
       [["--shard", "2/2"], /Bad --shard/],
       [["--ops", "0"], /--ops expects a positive integer/],
       [["-o", "backing_file=x"], /not for crash exploration/],
-      [["--format", "qcow"], /needs a writable qcow driver/],
+      [
+        ["--format", "qcow", "-o", "lazy_refcounts=on"],
+        /Invalid parameter 'lazy_refcounts' for qcow/,
+      ],
+      [["--format", "qcow", "--snapshots"], /--snapshots needs --format qcow2/],
       [["--export", "x"], /--export needs --replay/],
     ] as const
   ) {
@@ -155,4 +159,43 @@ Deno.test("cli.ts crash --faults runs the workloads over a fault injector", asyn
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("cli.ts crash --format qcow explores qcow images", async () => {
+  const c = capture();
+  const status = await main(
+    ["crash", "-f", "qcow", "-o", "size=1M", "--ops", "20", "--states", "150", "--torn"],
+    c.io,
+  );
+  assert.equal(status, 0, c.out() + c.err());
+  assert.match(c.out(), /image +qcow v1, 1 MiB virtual, 4 KiB clusters, no refcounts/);
+  assert.match(c.out(), /\(d\) flushed data reads back exactly +150 \/ 150/);
+  assert.match(c.out(), /violations +0 state/);
+});
+
+Deno.test("cli.ts crash --snapshots judges snapshot requests (g)", async () => {
+  const c = capture();
+  const status = await main(
+    [
+      "crash",
+      "-o",
+      "size=1M,cluster_size=4k",
+      "--ops",
+      "40",
+      "--seed",
+      "3",
+      "--states",
+      "300",
+      "--torn",
+      "--snapshots",
+      "--output",
+      "json",
+    ],
+    c.io,
+  );
+  assert.equal(status, 0, c.out() + c.err());
+  const result = JSON.parse(c.out());
+  assert.equal(result.invariants.g.checked, 300);
+  assert.equal(result.invariants.g.passed, 300);
+  assert.equal(typeof result.allowedCopied, "number");
 });

@@ -388,7 +388,9 @@ export class QcowImage implements Image {
 
   /**
    * Writes cached metadata in dependency order: newly written clusters are made durable, then L2
-   * tables are written and made durable, then the L1 entries that point to new L2 tables.
+   * tables are written and made durable, then the L1 entries that point to new L2 tables. Ends
+   * with a device flush whenever anything was written since the last one (data written in place
+   * included).
    */
   async flush(): Promise<void> {
     this.#assertOpen();

@@ -712,8 +712,7 @@ export async function applySnapshot(
   const active = host.l1();
   const next = new Uint8Array(active.length);
   next.set(withoutCopied(snapshotL1));
-  await host.writeMetadata(header.l1TableOffset, next, "l1_update", 1 << REGION_ACTIVE_L1);
-  await host.device.flush();
+  await replaceActiveL1(host, next);
   active.set(next);
   // The old active state is gone on disk: what follows can only leak if interrupted.
   await addReferences(host, old, -1);
@@ -721,6 +720,36 @@ export async function applySnapshot(
   await commitRefcounts(host);
   await host.rebuildOverlap();
   return toInfo(entry);
+}
+
+/**
+ * Makes `next` the active L1 table on disk. A table within one sector is overwritten in place, as
+ * QEMU does; a larger one is written to new clusters and the header switched to it with one write,
+ * so a write torn between sectors cannot leave a table that is half the old state and half the
+ * new one.
+ */
+async function replaceActiveL1(host: SnapshotHost, next: Uint8Array): Promise<void> {
+  const { header } = host;
+  if (next.length <= 512) {
+    await host.writeMetadata(header.l1TableOffset, next, "l1_update", 1 << REGION_ACTIVE_L1);
+    await host.device.flush();
+    return;
+  }
+  const cs = 2 ** header.clusterBits;
+  const bytes = Math.ceil(next.length / cs) * cs;
+  const old = header.l1TableOffset;
+  const offset = await host.refcounts!.allocate(bytes / cs);
+  await commitRefcounts(host);
+  await host.writeMetadata(offset, next, "l1_grow_write_table", 1 << REGION_ACTIVE_L1);
+  await host.device.flush();
+  const fields = new Uint8Array(12);
+  writeU32(fields, 0, header.l1Size);
+  writeU64(fields, 4, offset);
+  await host.writeMetadata(36, fields, "l1_grow_activate_table", 1 << REGION_HEADER);
+  await host.device.flush();
+  header.l1TableOffset = offset;
+  // The old table can only leak from here; the caller commits the refcounts.
+  await host.refcounts!.free(old, bytes);
 }
 
 /** Deletes a snapshot, dropping its references (clusters only it used become free). */
