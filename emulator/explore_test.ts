@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { BlockDevice } from "../core/block_device.ts";
+import { losingWrite } from "../tests/_broken_disks.ts";
 import { Explorer } from "./explore.ts";
 import { generateWorkload, type WorkloadImage } from "./workload.ts";
 import { recordWorkload } from "./workload_run.ts";
@@ -35,25 +35,8 @@ Deno.test("Explorer: a disk that loses an acknowledged write breaks invariant (d
     ops: 12,
     image: { size: 1 << 20, clusterSize: 4096 },
   });
-  let writes = 0;
-  const losing = (inner: BlockDevice): BlockDevice => ({
-    get size() {
-      return inner.size;
-    },
-    get readOnly() {
-      return inner.readOnly;
-    },
-    get name() {
-      return inner.name;
-    },
-    read: (buffer, offset) => inner.read(buffer, offset),
-    // The 4th write (guest data, once the image is open) never reaches the disk.
-    write: (data, offset) => ++writes === 4 ? Promise.resolve() : inner.write(data, offset),
-    flush: () => inner.flush(),
-    truncate: (size) => inner.truncate(size),
-    close: () => inner.close(),
-    [Symbol.asyncDispose]: () => inner.close(),
-  });
+  // The 4th write never reaches the disk.
+  const losing = losingWrite(4);
   const run = await recordWorkload(workload, { wrap: losing });
   const result = await new Explorer(run).explore();
   assert.ok(result.invariants.d.passed < result.invariants.d.checked, JSON.stringify(result));

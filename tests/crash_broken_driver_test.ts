@@ -1,36 +1,10 @@
 import assert from "node:assert/strict";
-import type { BlockDevice } from "../core/block_device.ts";
+import { droppingFlushes } from "./_broken_disks.ts";
 import { Explorer } from "../emulator/explore.ts";
 import { generateWorkload, type Workload } from "../emulator/workload.ts";
 import { recordWorkload } from "../emulator/workload_run.ts";
 import { shrinkWorkload } from "../emulator/shrink.ts";
 import { parseReproducer, replayReproducer } from "../emulator/replay.ts";
-
-/**
- * A disk whose flush does nothing: the driver believes its refcount blocks reached the disk
- * before the L2 tables that use them, but nothing orders them. This is the driver that "flushes
- * L2 before refcount blocks" seen from the disk: the explorer must find the crash states where an
- * L2 table points at a cluster its refcount block does not count.
- */
-function droppingFlushes(inner: BlockDevice): BlockDevice {
-  return {
-    get size() {
-      return inner.size;
-    },
-    get readOnly() {
-      return inner.readOnly;
-    },
-    get name() {
-      return inner.name;
-    },
-    read: (buffer, offset) => inner.read(buffer, offset),
-    write: (data, offset) => inner.write(data, offset),
-    flush: () => Promise.resolve(),
-    truncate: (size) => inner.truncate(size),
-    close: () => inner.close(),
-    [Symbol.asyncDispose]: () => inner.close(),
-  };
-}
 
 const workload: Workload = generateWorkload({
   seed: 11,

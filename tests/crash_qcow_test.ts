@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { BlockDevice } from "../core/block_device.ts";
+import { losingWrite } from "./_broken_disks.ts";
 import { MemoryDevice } from "../core/memory_device.ts";
 import { QcowImage } from "../drivers/qcow/qcow_image.ts";
 import { crashDevice } from "../emulator/crash_states.ts";
@@ -88,25 +88,8 @@ Deno.test("qcow crash exploration: the fast and full verifiers agree", async () 
 
 Deno.test("qcow crash exploration: a disk that drops a write breaks (d)", async () => {
   const workload = generateWorkload({ seed: 3, ops: 12, image: { format: "qcow", size: 1 << 20 } });
-  let writes = 0;
-  const losing = (inner: BlockDevice): BlockDevice => ({
-    get size() {
-      return inner.size;
-    },
-    get readOnly() {
-      return inner.readOnly;
-    },
-    get name() {
-      return inner.name;
-    },
-    read: (buffer, offset) => inner.read(buffer, offset),
-    // The 2nd write (a guest data cluster) never reaches the disk.
-    write: (data, offset) => ++writes === 2 ? Promise.resolve() : inner.write(data, offset),
-    flush: () => inner.flush(),
-    truncate: (size) => inner.truncate(size),
-    close: () => inner.close(),
-    [Symbol.asyncDispose]: () => inner.close(),
-  });
+  // The 2th write never reaches the disk.
+  const losing = losingWrite(2);
   const run = await recordWorkload(workload, { wrap: losing });
   const result = await new Explorer(run).explore();
   assert.ok(result.violatingStates > 0, JSON.stringify(result.invariants));
