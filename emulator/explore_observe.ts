@@ -7,7 +7,6 @@
 
 import type { BlockDevice } from "../core/block_device.ts";
 import { isQcowError } from "../core/errors.ts";
-import type { DriverEvent } from "../core/driver_event.ts";
 import { checkExitStatus } from "../drivers/qcow2/check.ts";
 import type { Image } from "../drivers/image.ts";
 import type { ExploreFormat } from "./explore_format.ts";
@@ -22,66 +21,30 @@ import {
   summarizeCheck,
 } from "./invariants.ts";
 import { openBacking } from "./workload_run.ts";
+import { ForwardingDevice } from "./forwarding_device.ts";
 import { GARBAGE, identifySector, patternSector, SECTOR } from "./workload_pattern.ts";
 
 /** Forwards to a device and remembers which byte ranges were read. */
-export class ReadTracker implements BlockDevice {
-  #inner: BlockDevice;
+export class ReadTracker extends ForwardingDevice {
   /** Start and end of every read, in order. */
   readonly reads: number[] = [];
   /** Writes and truncations forwarded so far. */
   changes = 0;
 
-  /**
-   * Wraps a device.
-   *
-   * @param inner The device to forward to.
-   */
-  constructor(inner: BlockDevice) {
-    this.#inner = inner;
-  }
-  /** The inner device's size. */
-  get size(): number {
-    return this.#inner.size;
-  }
-  /** The inner device's flag. */
-  get readOnly(): boolean {
-    return this.#inner.readOnly;
-  }
-  /** The inner device's name. */
-  get name(): string {
-    return this.#inner.name;
-  }
   /** Reads, remembering the range. */
-  read(buffer: Uint8Array, offset: number): Promise<void> {
+  override read(buffer: Uint8Array, offset: number): Promise<void> {
     this.reads.push(offset, offset + buffer.length);
-    return this.#inner.read(buffer, offset);
+    return super.read(buffer, offset);
   }
-  /** Forwards. */
-  write(data: Uint8Array, offset: number): Promise<void> {
+  /** Writes, counting the change. */
+  override write(data: Uint8Array, offset: number): Promise<void> {
     this.changes++;
-    return this.#inner.write(data, offset);
+    return super.write(data, offset);
   }
-  /** Forwards. */
-  flush(): Promise<void> {
-    return this.#inner.flush();
-  }
-  /** Forwards. */
-  truncate(size: number): Promise<void> {
+  /** Truncates, counting the change. */
+  override truncate(size: number): Promise<void> {
     this.changes++;
-    return this.#inner.truncate(size);
-  }
-  /** Forwards. */
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-  /** Forwards. */
-  event(name: DriverEvent): void {
-    this.#inner.event?.(name);
-  }
-  /** Forwards. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+    return super.truncate(size);
   }
 
   /** The ranges read, sorted and merged, as start/end pairs. */
