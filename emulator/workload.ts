@@ -4,27 +4,24 @@
  * @module
  */
 
+import type { CreateQcow2Options } from "../drivers/qcow2/create.ts";
 import { QcowError } from "../core/errors.ts";
 
 /** The image formats crash exploration can drive (qcow needs the qcow driver). */
 export type WorkloadFormat = "qcow2" | "qcow";
 
-/** The image a workload runs on, with qemu-img's create options. */
-export interface WorkloadImage {
+/**
+ * The image a workload runs on: qcow2's create options (compat, refcount width, lazy refcounts and
+ * extended L2 apply to qcow2 only; qcow takes the size and cluster size), a format and a backing
+ * file.
+ */
+export interface WorkloadImage extends
+  Pick<
+    CreateQcow2Options,
+    "size" | "compat" | "clusterSize" | "refcountBits" | "lazyRefcounts" | "extendedL2"
+  > {
   /** Image format; default "qcow2". */
   format: WorkloadFormat;
-  /** Virtual size in bytes (a multiple of 512). */
-  size: number;
-  /** "1.1" (version 3) or "0.10" (version 2); qcow2 only. */
-  compat?: "0.10" | "1.1";
-  /** Cluster size in bytes. */
-  clusterSize?: number;
-  /** Refcount width in bits; qcow2 only. */
-  refcountBits?: number;
-  /** Lazy refcounts (version 3); qcow2 only. */
-  lazyRefcounts?: boolean;
-  /** 128-bit L2 entries with subclusters; qcow2 only. */
-  extendedL2?: boolean;
   /** Size in bytes of a raw backing file filled with a known pattern; none when absent. */
   backingSize?: number;
 }
