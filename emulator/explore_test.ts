@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { losingWrite } from "../tests/_broken_disks.ts";
+import { assertVerifiersAgree } from "../tests/_explore.ts";
 import { Explorer } from "./explore.ts";
 import { generateWorkload, type WorkloadImage } from "./workload.ts";
 import { recordWorkload } from "./workload_run.ts";
@@ -16,15 +17,7 @@ for (const [name, image] of configs) {
     const workload = generateWorkload({ seed: 5, ops: 10, image: { size: 1 << 20, ...image } });
     const run = await recordWorkload(workload);
     const options = { subsets: true, torn: true, maxStatesPerPoint: 6, states: 120 };
-    const fast = new Explorer(run, options);
-    const full = new Explorer(run, { ...options, verifier: "full" });
-    let states = 0;
-    for (const state of fast.states()) {
-      const a = await fast.verify(state);
-      const b = await full.verify(state);
-      assert.deepEqual(a.results, b.results, `state ${state.id}`);
-      states++;
-    }
+    const states = await assertVerifiersAgree(run, options);
     assert.ok(states >= 60, `${states} states`);
   });
 }

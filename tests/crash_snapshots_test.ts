@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { assertVerifiersAgree } from "./_explore.ts";
 import { MemoryDevice } from "../core/memory_device.ts";
 import { checkExitStatus, checkQcow2 } from "../drivers/qcow2/check.ts";
 import { crashDevice } from "../emulator/crash_states.ts";
@@ -90,16 +91,7 @@ Deno.test("crash exploration with snapshots: the fast and full verifiers agree",
   const run = await recordWorkload(generateWorkload({ seed, ops: 30, image, snapshots: true }));
   assert.ok(run.ops.some((r) => r.op.op === "snapshot_apply"), "no apply in the workload");
   const options = { subsets: true, torn: true, maxStatesPerPoint: 4, states: 150 };
-  const fast = new Explorer(run, options);
-  const full = new Explorer(run, { ...options, verifier: "full" });
-  let states = 0;
-  for (const state of fast.states()) {
-    const a = await fast.verify(state);
-    const b = await full.verify(state);
-    assert.deepEqual(a.results, b.results, `state ${state.id}`);
-    assert.equal(a.allowed, b.allowed, `state ${state.id}`);
-    states++;
-  }
+  const states = await assertVerifiersAgree(run, options);
   assert.ok(states >= 100, `${states} states`);
 });
 
