@@ -591,6 +591,7 @@ export class Qcow2Image implements Image {
   #snapshotHost(): SnapshotHost {
     return {
       device: this.#device,
+      sync: () => this.#sync(),
       header: this.#header,
       extended: this.#extended,
       refcounts: this.#refcounts,

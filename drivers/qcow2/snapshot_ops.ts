@@ -125,6 +125,8 @@ export interface SnapshotViewOptions extends SnapshotLookupOptions {
 export interface SnapshotHost {
   /** The image file. */
   device: BlockDevice;
+  /** Flushes the device through the image, which keeps track of what is durable. */
+  sync(): Promise<void>;
   /** The live header (the operations update the snapshot, size and L1 fields they change). */
   header: Qcow2Header;
   /** Whether L2 entries are extended (16 bytes). */
@@ -478,7 +480,7 @@ async function commitRefcounts(host: SnapshotHost): Promise<void> {
   const refcounts = host.refcounts!;
   // Writing dirty refcount blocks ends with a flush of the device already.
   if (refcounts.cache.dirtyCount > 0) await refcounts.flush();
-  else await host.device.flush();
+  else await host.sync();
 }
 
 /**
@@ -507,7 +509,7 @@ async function writeSnapshotTable(
   writeU32(fields, 0, entries.length);
   writeU64(fields, 4, offset);
   await host.writeMetadata(60, fields, "snapshot_header_update", 1 << REGION_HEADER);
-  await host.device.flush();
+  await host.sync();
   const oldOffset = header.snapshotsOffset;
   const hadTable = header.nbSnapshots > 0 && oldSize > 0;
   header.nbSnapshots = entries.length;
@@ -696,7 +698,7 @@ export async function applySnapshot(
     const field = new Uint8Array(8);
     writeU64(field, 0, entry.diskSize);
     await host.writeMetadata(24, field, "snapshot_size_update", 1 << REGION_HEADER);
-    await host.device.flush();
+    await host.sync();
     header.size = entry.diskSize;
     host.setSize(Math.floor(entry.diskSize / 512) * 512);
   }
@@ -732,7 +734,7 @@ async function replaceActiveL1(host: SnapshotHost, next: Uint8Array): Promise<vo
   const { header } = host;
   if (next.length <= 512) {
     await host.writeMetadata(header.l1TableOffset, next, "l1_update", 1 << REGION_ACTIVE_L1);
-    await host.device.flush();
+    await host.sync();
     return;
   }
   const cs = 2 ** header.clusterBits;
@@ -741,12 +743,12 @@ async function replaceActiveL1(host: SnapshotHost, next: Uint8Array): Promise<vo
   const offset = await host.refcounts!.allocate(bytes / cs);
   await commitRefcounts(host);
   await host.writeMetadata(offset, next, "l1_grow_write_table", 1 << REGION_ACTIVE_L1);
-  await host.device.flush();
+  await host.sync();
   const fields = new Uint8Array(12);
   writeU32(fields, 0, header.l1Size);
   writeU64(fields, 4, offset);
   await host.writeMetadata(36, fields, "l1_grow_activate_table", 1 << REGION_HEADER);
-  await host.device.flush();
+  await host.sync();
   header.l1TableOffset = offset;
   // The old table can only leak from here; the caller commits the refcounts.
   await host.refcounts!.free(old, bytes);
