@@ -107,7 +107,6 @@ export async function expandZeroClusters(
       writeU64(fields, 0, offset);
       writeU32(fields, 8, clusters);
       await device.write(fields, 48);
-      await device.flush();
     },
   });
   const zeros = new Uint8Array(cs);

@@ -27,7 +27,7 @@ export interface RefcountsContext {
   cacheCapacity: number;
   /** Writes metadata (a refcount block, table or entry); the image checks and announces it. */
   writeMetadata: (offset: number, data: Uint8Array, event: string) => Promise<void>;
-  /** Points the header at a new refcount table (one write) and makes it durable. */
+  /** Points the header at a new refcount table in one write; Refcounts flushes after it. */
   switchTable: (offset: number, clusters: number) => Promise<void>;
   /** Makes every completed write durable; default: the device's flush. */
   sync?: () => Promise<void>;
