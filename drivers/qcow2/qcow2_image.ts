@@ -181,6 +181,8 @@ export class Qcow2Image implements Image {
   #readOnly: boolean;
   #backing: Image | undefined;
   #ownsDevice: boolean;
+  /** Whether closing this image closes its backing chain (a snapshot view borrows it). */
+  #ownsBacking = true;
   #closed = false;
   #clusterBits: number;
   #clusterSize: number;
@@ -607,15 +609,9 @@ export class Qcow2Image implements Image {
       rebuildOverlap: () => this.#buildOverlapMap(),
       openView: (header, l1) => {
         const view = new Qcow2Image(this.#device, header, l1, { readOnly: true });
-        const backing = this.#backing;
         // The view borrows the backing chain: closing the view leaves it open.
-        view.#backing = backing && new Proxy(backing, {
-          get: (target, key) => {
-            if (key === "close" || key === Symbol.asyncDispose) return () => Promise.resolve();
-            const value = Reflect.get(target, key, target);
-            return typeof value === "function" ? value.bind(target) : value;
-          },
-        });
+        view.#backing = this.#backing;
+        view.#ownsBacking = false;
         return view;
       },
     };
@@ -788,7 +784,7 @@ export class Qcow2Image implements Image {
       this.#closed = true;
       this.#cache.clear();
       try {
-        await this.#backing?.close();
+        if (this.#ownsBacking) await this.#backing?.close();
       } finally {
         if (this.#ownsDevice) await this.#device.close();
       }
